@@ -1,0 +1,199 @@
+"""The one default configuration, and the checks that reject a bad one before anything compiles.
+
+Every experiment file in `experiments/` starts from `default()` and overrides a few fields, so
+each field has exactly one meaning and one default across the project. `validate()` is called
+by every entry point (main, summary, benchmark, the notebook helpers) before a model is built,
+so a typo costs a one-line error, not a compile and a traceback.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+UNITS = ("original", "bn_after_add", "relu_before_add", "relu_only_preact", "full_preact")
+SHORTCUTS = (
+    "identity",
+    "constant_scaling",
+    "exclusive_gating",
+    "shortcut_only_gating",
+    "conv1x1",
+    "dropout",
+)
+BLOCKS = ("basic", "bottleneck", "single")
+FAMILIES = ("cifar", "imagenet")
+SHORTCUT_TYPES = ("A", "B", "C")
+STRIDE_ON = ("3x3", "1x1")
+DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("nothing", "conv", "dots")
+DATASETS = ("digits", "cifar10", "cifar100", "imagenet2012", "synthetic")
+SCHEDULES = ("paper_steps", "epochs_step", "cosine", "constant")
+OPTIMIZERS = ("sgd",)
+NAN_POLICIES = ("stop", "rollback")
+NORMALIZATIONS = ("channel", "pixel_mean")
+IMAGENET_AUGMENTS = ("scale", "inception")
+
+# ImageNet family: depth -> (block, units per stage). From PAPER.md "Architectures".
+IMAGENET_STAGES = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+    101: ("bottleneck", (3, 4, 23, 3)),
+    152: ("bottleneck", (3, 8, 36, 3)),
+    200: ("bottleneck", (3, 24, 36, 3)),
+}
+# Layers per unit for the CIFAR family: depth = layers * 3n + 2.
+CIFAR_LAYERS_PER_UNIT = {"basic": 2, "bottleneck": 3, "single": 1}
+
+# What each dataset looks like to the model; `image_size`/`num_classes` fields override.
+DATASET_INFO = {
+    "digits": dict(image_size=8, num_classes=10, num_train=1437, num_test=360),
+    "cifar10": dict(image_size=32, num_classes=10, num_train=50000, num_test=10000),
+    "cifar100": dict(image_size=32, num_classes=100, num_train=50000, num_test=10000),
+    "imagenet2012": dict(image_size=224, num_classes=1000, num_train=1281167, num_test=50000),
+    "synthetic": dict(image_size=32, num_classes=10, num_train=50000, num_test=10000),
+}
+
+
+def default() -> ml_collections.ConfigDict:
+    """The paper's CIFAR-10 full pre-activation ResNet-164 recipe; experiments override fields."""
+    c = ml_collections.ConfigDict()
+    c.experiment = "default"
+    c.paper_error = -1.0  # the paper's test error (%) this config reproduces; -1 when none.
+
+    m = c.model = ml_collections.ConfigDict()
+    m.family = "cifar"
+    m.depth = 164
+    m.block = "bottleneck"  # depths such as 110 and 164 fit both forms: always explicit.
+    m.unit = "full_preact"
+    m.shortcut = "identity"
+    m.shortcut_scale = 0.5  # constant_scaling: h(x) = scale * x
+    m.scale_residual = False  # constant_scaling: also F <- scale * F (the 0.5/0.5 case)
+    m.gate_bias_init = -6.0  # gating: b_g, the paper's best value
+    m.shortcut_dropout = 0.5  # dropout shortcut: drop rate
+    m.shortcut_type = "B"  # A zero-pad, B project where dimensions change, C always project
+    m.stride_on = "3x3"  # fb.resnet.torch/timm; "1x1" is resnet-1k-layers
+    m.num_classes = 10
+    m.width = 1.0
+    m.dtype = "float32"
+    m.scan = True  # fold identical units of a stage with nn.scan (fast compile for 1001 layers)
+    m.remat = False
+    m.remat_policy = "conv"
+    m.zero_init_last = False  # zero-init each unit's last layer (timm option; not the paper's)
+
+    c.dataset = "cifar10"
+    c.image_size = 0  # 0: the dataset's own size (synthetic: set it, e.g. 224 for ImageNet shapes)
+    c.data_dir = ""  # TFDS data dir; "" means TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
+    c.normalization = "channel"
+    c.augment_on_device = False  # CIFAR: keep the whole set on the accelerators, augment there
+    c.imagenet_augment = "scale"
+    c.imagenet_eval_size = 224  # 224: centre crop of 256-resized; 320: full 320-resized image
+    c.shuffle_buffer = 16384  # ImageNet only: CIFAR and digits are permuted whole in memory
+    c.augment = True  # train-time augmentation (pad-crop-flip for CIFAR; off for a plain check)
+
+    c.batch_size = 128  # global, over all devices and hosts
+    c.eval_batch_size = 500
+    c.bn_group_size = 0  # 0: BN statistics over the global batch; g: over groups of g examples
+    c.num_train_steps = 64000
+    c.optimizer = "sgd"
+    c.learning_rate = 0.1
+    c.lr_base_batch = 0  # >0: learning_rate * batch_size / lr_base_batch
+    c.schedule = "paper_steps"
+    c.lr_boundaries = (32000, 48000)  # steps (paper_steps) or epochs (epochs_step)
+    c.lr_decay = 0.1
+    c.warmup_steps = 400
+    c.warmup_lr = 0.01
+    c.momentum = 0.9
+    c.nesterov = False
+    c.weight_decay = 1e-4
+    c.decay_bn_and_bias = True  # official code: decay coupled into the gradient on all params
+
+    c.seed = 0
+    c.log_every_steps = 100
+    c.eval_every_steps = 4000
+    c.checkpoint_every_steps = 4000
+    c.keep_checkpoints = 3
+    c.nan_policy = "stop"
+    c.collective_timeout_s = 300
+    return c
+
+
+def _choice(name: str, value, valid) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(str, valid))}")
+
+
+def _positive(name: str, value) -> None:
+    if not value > 0:
+        raise ValueError(f"{name}={value!r} must be positive")
+
+
+def stage_units(model: ml_collections.ConfigDict) -> tuple[str, tuple[int, ...]]:
+    """(block, units per stage) for a model config, or ValueError naming the bad field."""
+    _choice("model.family", model.family, FAMILIES)
+    _choice("model.block", model.block, BLOCKS)
+    depth = model.depth
+    if model.family == "imagenet":
+        if depth not in IMAGENET_STAGES:
+            raise ValueError(
+                f"model.depth={depth!r} is not an ImageNet depth; choose one of "
+                f"{', '.join(map(str, IMAGENET_STAGES))}"
+            )
+        block, units = IMAGENET_STAGES[depth]
+        return block, units
+    layers = CIFAR_LAYERS_PER_UNIT[model.block]
+    n, rest = divmod(depth - 2, 3 * layers)
+    if not isinstance(depth, int) or rest or n < 1:
+        raise ValueError(
+            f"model.depth={depth!r} is not valid for CIFAR {model.block} units: it must be "
+            f"{3 * layers}n+2 with n>=1 (e.g. {', '.join(str(3 * layers * k + 2) for k in (1, 3, 9, 18))})"
+        )
+    return model.block, (n, n, n)
+
+
+def validate_model(model: ml_collections.ConfigDict) -> None:
+    _choice("model.unit", model.unit, UNITS)
+    _choice("model.shortcut", model.shortcut, SHORTCUTS)
+    _choice("model.shortcut_type", model.shortcut_type, SHORTCUT_TYPES)
+    _choice("model.stride_on", model.stride_on, STRIDE_ON)
+    _choice("model.dtype", model.dtype, DTYPES)
+    _choice("model.remat_policy", model.remat_policy, REMAT_POLICIES)
+    _positive("model.width", model.width)
+    _positive("model.num_classes", model.num_classes)
+    stage_units(model)
+    if model.family == "imagenet" and model.block != IMAGENET_STAGES[model.depth][0]:
+        raise ValueError(
+            f"model.block={model.block!r} does not match ImageNet ResNet-{model.depth}, "
+            f"which uses {IMAGENET_STAGES[model.depth][0]!r} units"
+        )
+    if not 0.0 <= model.shortcut_dropout < 1.0:
+        raise ValueError(f"model.shortcut_dropout={model.shortcut_dropout!r} must be in [0, 1)")
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
+    """Raises ValueError with a one-line message naming the first bad field."""
+    validate_model(config.model)
+    _choice("dataset", config.dataset, DATASETS)
+    _choice("schedule", config.schedule, SCHEDULES)
+    _choice("optimizer", config.optimizer, OPTIMIZERS)
+    _choice("nan_policy", config.nan_policy, NAN_POLICIES)
+    _choice("normalization", config.normalization, NORMALIZATIONS)
+    _choice("imagenet_augment", config.imagenet_augment, IMAGENET_AUGMENTS)
+    _choice("imagenet_eval_size", config.imagenet_eval_size, (224, 320))
+    for name in ("batch_size", "eval_batch_size", "num_train_steps", "learning_rate",
+                 "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
+        _positive(name, config[name])
+    if config.bn_group_size < 0:
+        raise ValueError(f"bn_group_size={config.bn_group_size!r} must be 0 (global batch) or positive")
+    if num_devices is not None:
+        for name in ("batch_size", "eval_batch_size"):
+            if config[name] % num_devices:
+                raise ValueError(
+                    f"{name}={config[name]} is not divisible by the {num_devices} devices; "
+                    f"use a multiple of {num_devices}"
+                )
+        per_device = config.batch_size // num_devices
+        if config.bn_group_size and per_device % config.bn_group_size:
+            raise ValueError(
+                f"bn_group_size={config.bn_group_size} does not divide the per-device batch "
+                f"{per_device} (batch_size {config.batch_size} over {num_devices} devices)"
+            )
