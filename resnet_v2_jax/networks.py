@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from resnet_v2_jax import config as config_lib
-from resnet_v2_jax.layers import BatchNorm, conv_init, dense_init
+from resnet_v2_jax.layers import BatchNorm, conv_init, dense_init, scan_friendly_conv
 from resnet_v2_jax.units import ORDERS, ResidualUnit, apply_ops
 
 REMAT_POLICIES = {
@@ -65,7 +65,8 @@ class ResNet(nn.Module):
         norm = functools.partial(
             BatchNorm, use_running_average=not train, group_size=self.bn_group_size, dtype=self.dtype
         )
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+                                 conv_general_dilated=scan_friendly_conv)
         base = max(1, int(round((16 if self.family == "cifar" else 64) * self.width)))
 
         x = x.astype(self.dtype)
@@ -73,7 +74,7 @@ class ResNet(nn.Module):
             x = conv(base, (3, 3), padding=[(1, 1)] * 2, name="conv1")(x)
         else:
             x = conv(base, (7, 7), strides=2, padding=[(3, 3)] * 2, name="conv1")(x)
-        x = apply_ops(order.end + order.post, x, norm)  # conv1 as a unit's last conv
+        x = apply_ops(order.end + order.post, x, norm, name="conv1_bn")  # conv1 as a unit's last conv
         if self.family == "imagenet":
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1)] * 2)
 
@@ -108,7 +109,7 @@ class ResNet(nn.Module):
                 )
                 x, _ = stage(unit_cls, rest, name=f"stage{i + 1}_units")(x, None)
 
-        x = apply_ops(order.pre, x, norm)  # the final BN-ReLU of pre-activation nets
+        x = apply_ops(order.pre, x, norm, name="final_bn")  # the final BN-ReLU of pre-activation nets
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         return nn.Dense(self.num_classes, kernel_init=dense_init, bias_init=nn.initializers.zeros,
                         name="fc")(x)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from resnet_v2_jax.layers import BatchNorm, conv_init
+from resnet_v2_jax.layers import BatchNorm, conv_init, scan_friendly_conv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,12 +47,14 @@ ORDERS = {
 }
 
 
-def apply_ops(ops: str, x, norm: Callable[..., nn.Module], last_norm_init=None):
+def apply_ops(ops: str, x, norm: Callable[..., nn.Module], last_norm_init=None, name: str | None = None):
     """Applies a string of `B`/`R` ops; `last_norm_init` overrides the last BN's gamma init."""
     for i, op in enumerate(ops):
         if op == "B":
-            last = last_norm_init is not None and "B" not in ops[i + 1 :]
-            x = norm(scale_init=last_norm_init)(x) if last else norm()(x)
+            kw = {"name": f"{name}{i}"} if name else {}
+            if last_norm_init is not None and "B" not in ops[i + 1 :]:
+                kw["scale_init"] = last_norm_init
+            x = norm(**kw)(x)
         else:
             x = nn.relu(x)
     return x
@@ -102,7 +104,8 @@ class ResidualUnit(nn.Module):
     @nn.compact
     def __call__(self, x):
         order = ORDERS[self.unit]
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init)
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
+                                 conv_general_dilated=scan_friendly_conv)
         norm = functools.partial(
             BatchNorm, use_running_average=not self.train, group_size=self.bn_group_size, dtype=self.dtype
         )

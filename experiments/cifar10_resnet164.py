@@ -1,0 +1,16 @@
+"""CIFAR-10, ResNet-164 (bottleneck), full pre-activation: Table 2(e) / Table 3, 5.46% error.
+
+The paper's recipe: batch 128, SGD momentum 0.9, weight decay 1e-4, lr 0.1 (0.01 warm-up for
+400 iterations), /10 at 32k and 48k iterations, stop at 64k; pad-crop-flip augmentation.
+"""
+
+from resnet_v2_jax import config as config_lib
+
+
+def get_config():
+    c = config_lib.default()
+    c.experiment = "cifar10_resnet164"
+    c.paper_error = 5.46
+    c.model.depth = 164
+    c.model.block = "bottleneck"
+    return c

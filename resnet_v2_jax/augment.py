@@ -1,0 +1,80 @@
+"""On-device augmentation and normalisation, in pure JAX.
+
+The trainer imports this module on accelerator hosts, so it must not import TensorFlow. The host
+pipeline (`input_pipeline.py`) does the same arithmetic in numpy; the two paths use different
+random streams but the same definitions, so a config can switch `augment_on_device` freely.
+
+Everything works on the 0..255 pixel scale. Augment first, normalise second: the paper's CIFAR
+code pads the raw image with zeros (black) before normalising, and so does this.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Per-channel (mean, std) on the 0..255 scale.
+MEAN_STD = {
+    # fb.resnet.torch datasets/cifar10.lua, used by the paper's official code.
+    "cifar10": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
+    # The official code reuses the CIFAR-10 statistics for CIFAR-100.
+    "cifar100": ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7)),
+    # The usual ImageNet statistics (0.485, 0.456, 0.406) / (0.229, 0.224, 0.225) times 255.
+    "imagenet2012": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375)),
+    # Mean and population std over every pixel of the 1437-image digits train split (pixels
+    # stored as round(v * 255 / 16)), computed once with the `digits` TFDS builder:
+    #   x = tfds.as_numpy(builder.as_dataset('train', batch_size=-1))['image'].astype(float)
+    #   x.mean(), x.std()  ->  77.901, 95.848
+    "digits": ((77.90,), (95.85,)),
+    # Synthetic data is drawn already normalised on device.
+    "synthetic": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+
+def normalize(images, mean, std, dtype=jnp.float32):
+    """(images - mean) / std, computed in float32 and then cast to the model's dtype.
+
+    `mean` is per channel, shape (C,), or a per-pixel mean image, shape (H, W, C), for
+    `normalization='pixel_mean'`; `std` is per channel. Both broadcast over a batch.
+    """
+    x = jnp.asarray(images).astype(jnp.float32)
+    mean = jnp.asarray(mean, jnp.float32)
+    std = jnp.asarray(std, jnp.float32)
+    return ((x - mean) / std).astype(dtype)
+
+
+def crop_flip(images, offsets, flips, pad: int = 4):
+    """Zero-pads by `pad`, takes each image's window at `offsets` (row, col), then mirrors it
+    left-right where `flips` is true.
+
+    Split from `pad_crop_flip` so the geometry can be checked against exact offsets; the window
+    is read with `lax.dynamic_slice`, so shapes stay static under jit.
+    """
+    _, h, w, c = images.shape
+    padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+
+    def one(image, offset, flip):
+        window = lax.dynamic_slice(image, (offset[0], offset[1], 0), (h, w, c))
+        return jnp.where(flip, window[:, ::-1], window)
+
+    return jax.vmap(one)(padded, offsets, flips)
+
+
+def pad_crop_flip_params(rng, n: int, pad: int = 4):
+    """The random part of `pad_crop_flip`: per-example (row, col) offsets and flip bits."""
+    offset_rng, flip_rng = jax.random.split(rng)
+    offsets = jax.random.randint(offset_rng, (n, 2), 0, 2 * pad + 1)
+    flips = jax.random.bernoulli(flip_rng, 0.5, (n,))
+    return offsets, flips
+
+
+def pad_crop_flip(rng, images, pad: int = 4):
+    """The paper's CIFAR augmentation: pad 4 with zeros, random crop back, random mirror.
+
+    Every example draws its own offsets and flip from `rng`; pass uint8 (or unnormalised float)
+    images so the padding is black as in the paper's code, and normalise afterwards. To keep
+    resumed runs identical, derive `rng` from the step, e.g. `jax.random.fold_in(key, step)`.
+    """
+    offsets, flips = pad_crop_flip_params(rng, images.shape[0], pad)
+    return crop_flip(images, offsets, flips, pad)

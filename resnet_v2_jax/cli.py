@@ -1,0 +1,65 @@
+"""What every command-line entry point shares: the `--config` flag and readable flag errors.
+
+absl prints a usage dump and exits 1 on a bad flag; ml_collections raises a traceback-like
+message for an unknown `--config.x` override. Both become one line on stderr and exit code 2,
+the convention for a usage error, before anything is built or compiled.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+
+def define_config_flag() -> None:
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment file (experiments/X.py[:args]); override fields as --config.a.b=v.",
+        lock_config=True,
+    )
+
+
+def _one_line(message: str) -> str:
+    message = " ".join(str(message).split())
+    # ml_collections: 'Key "x" does not exist and cannot be overridden...' -> keep it, drop noise.
+    return message.replace("; Did you mean:", "; did you mean:")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    def fail(message: str):
+        print(f"error: {_one_line(message)}", file=sys.stderr)
+        sys.exit(2)
+
+    try:
+        rest = flags.FLAGS(argv)
+        if "config" in flags.FLAGS:
+            if flags.FLAGS.config is None:
+                fail("--config is required (e.g. --config=experiments/quickstart.py)")
+            flags.FLAGS.config.keys()  # the config file loads lazily: surface its errors here
+    except flags.Error as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"usage: python -m {_module_name(argv)} --config=experiments/X.py [--config.field=value ...]",
+              file=sys.stderr)
+        sys.exit(2)
+    except (KeyError, AttributeError) as e:  # an override naming a field the config does not have
+        key = str(e.args[0]).strip("'\"") if e.args else str(e)
+        bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
+        fail(f"unknown config field {key!r} in override {bad[0] if bad else ''}; see the experiment file "
+             "or `python -m resnet_v2_jax.summary --config=... --json` for the fields")
+    except OSError:
+        path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "?")
+        fail(f"cannot load the --config file {path!r}: no such file, or it failed to import")
+    except (ValueError, TypeError) as e:
+        fail(str(e).splitlines()[0])
+    return rest
+
+
+def _module_name(argv: list[str]) -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec else argv[0]
+
+
+def run(main) -> None:
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,172 @@
+"""The train state and the jit-compiled train and eval steps, data-parallel over a device mesh.
+
+No TensorFlow here: the benchmark and GPU machines import this module without it. The batch
+is a global array sharded along its first axis over every device of every process
+(`NamedSharding(mesh, P("data"))`); the state is replicated and donated. BN statistics over
+the batch then become cross-device reductions that XLA inserts, so they cover the global batch
+(or `bn_group_size` groups) exactly as on one device.
+
+A non-finite loss or gradient never reaches the parameters: the step keeps the previous state
+and records the first bad step in `nan_step`, which the host reads at its next log point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resnet_v2_jax import networks, optim
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+    nan_step: jax.Array  # -1, or the first step whose loss or gradient was not finite
+
+
+def make_mesh(devices=None) -> Mesh:
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    return Mesh(devices, ("data",))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Everything the steps close over: the model, optimizer and input description."""
+
+    model: Any
+    tx: optax.GradientTransformation
+    image_shape: tuple[int, int, int]
+    num_classes: int
+    norm: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) for on-device normalisation
+    augment: bool = False  # pad-crop-flip on device (augment_on_device)
+
+
+def make_task(config, image_shape, norm=None) -> Task:
+    model = networks.build(config.model, bn_group_size=config.bn_group_size)
+    return Task(model, optim.optimizer(config), tuple(image_shape), config.model.num_classes,
+                None if norm is None else tuple(np.asarray(a, np.float32) for a in norm),
+                bool(config.augment_on_device and config.augment and config.dataset.startswith("cifar")))
+
+
+def create_state(task: Task, seed: int) -> TrainState:
+    init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
+    variables = task.model.init(init_rng, jnp.zeros((1,) + task.image_shape, jnp.float32), train=False)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=task.tx.init(params),
+        rng=rng,
+        nan_step=jnp.full((), -1, jnp.int32),
+    )
+
+
+def abstract_state(task: Task, seed: int = 0):
+    return jax.eval_shape(functools.partial(create_state, task, seed))
+
+
+def init_state(task: Task, seed: int, mesh: Mesh) -> TrainState:
+    """The state created directly on the devices, replicated."""
+    return jax.jit(functools.partial(create_state, task, seed), out_shardings=replicated(mesh))()
+
+
+def _images(task: Task, batch, rng, train_images=None):
+    """The float images of a batch: given, or gathered from on-device data and augmented."""
+    if "index" not in batch:
+        return batch["image"]
+    from resnet_v2_jax import augment
+
+    images = train_images[batch["index"]]
+    if task.augment:
+        images = augment.pad_crop_flip(rng, images)
+    mean, std = task.norm
+    return augment.normalize(images, mean, std, jnp.float32)
+
+
+def train_step(task: Task, state: TrainState, batch, train_images=None):
+    rng = jax.random.fold_in(state.rng, state.step)
+    aug_rng, dropout_rng = jax.random.split(rng)
+    images = _images(task, batch, aug_rng, train_images)
+    labels = batch["label"]
+
+    def loss_fn(params):
+        logits, updates = task.model.apply(
+            {"params": params, "batch_stats": state.batch_stats}, images, train=True,
+            mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        batch_stats=batch_stats, opt_state=opt_state)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    ok = finite & (state.nan_step < 0)
+    new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
+    new = new.replace(nan_step=jnp.where(finite | (state.nan_step >= 0), state.nan_step, state.step))
+    metrics = {
+        "loss": loss,
+        "error": jnp.mean(jnp.argmax(logits, -1) != labels),
+        "grad_norm": grad_norm,
+    }
+    return new, metrics
+
+
+def eval_step(task: Task, state: TrainState, batch):
+    """Sums over the real (mask 1) examples, so padded last batches count exactly."""
+    logits = task.model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                              batch["image"], train=False)
+    labels, mask = batch["label"], batch["mask"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+    top5 = jnp.any(jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None], axis=-1)
+    return {
+        "loss": jnp.sum(loss * mask),
+        "errors": jnp.sum((jnp.argmax(logits, -1) != labels) * mask),
+        "top5_errors": jnp.sum((~top5) * mask),
+        "count": jnp.sum(mask),
+    }
+
+
+def compile_steps(task: Task, mesh: Mesh):
+    """(train_step, eval_step) jitted over the mesh; train donates the state."""
+    rep, data = replicated(mesh), batch_sharding(mesh)
+    train = jax.jit(functools.partial(train_step, task), in_shardings=(rep, data, rep),
+                    out_shardings=(rep, rep), donate_argnums=0)
+    evaluate = jax.jit(functools.partial(eval_step, task), in_shardings=(rep, data), out_shardings=rep)
+    return train, evaluate
+
+
+def synthetic_batch(task: Task, mesh: Mesh, batch_size: int, seed: int = 0, dtype=jnp.float32):
+    """A random batch made directly on the devices, sharded: benchmarks and `dataset=synthetic`."""
+
+    def make(key):
+        k1, k2 = jax.random.split(key)
+        return {
+            "image": jax.random.normal(k1, (batch_size,) + task.image_shape, dtype),
+            "label": jax.random.randint(k2, (batch_size,), 0, task.num_classes, jnp.int32),
+        }
+
+    return jax.jit(make, out_shardings=batch_sharding(mesh))(jax.random.PRNGKey(seed))
