@@ -21,7 +21,11 @@ def define_config_flag() -> None:
 
 
 def _one_line(message: str) -> str:
-    message = " ".join(str(message).split())
+    message = str(message)
+    if "Traceback" in message:  # an exception inside the config file's get_config(): keep its last line
+        last = [line for line in message.splitlines() if line.strip()][-1].strip()
+        message = f"{message.split(':', 1)[0]}: {last}"
+    message = " ".join(message.split())
     # ml_collections: 'Key "x" does not exist and cannot be overridden...' -> keep it, drop noise.
     return message.replace("; Did you mean:", "; did you mean:")
 

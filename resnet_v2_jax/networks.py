@@ -9,7 +9,8 @@ fully unrolled (`False`, `unroll=length`), so checkpoints do not depend on the c
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -13,9 +13,9 @@ import math
 import sys
 
 import flax.linen as nn
-from absl import logging
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import networks
@@ -130,7 +130,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import app, flags
+    from absl import flags
 
     from resnet_v2_jax import cli
 

@@ -1,0 +1,14 @@
+"""ResNet-1001 (bottleneck), full pre-activation, CIFAR-100: 22.71% (Table 4; 22.68+-0.22)."""
+
+from resnet_v2_jax import config as config_lib
+
+
+def get_config():
+    c = config_lib.default()
+    c.experiment = "cifar100_resnet1001"
+    c.paper_error = 22.71
+    c.dataset = "cifar100"
+    c.model.num_classes = 100
+    c.model.depth = 1001
+    c.model.block = "bottleneck"
+    return c

@@ -1,0 +1,17 @@
+"""ResNet-110 (basic units), full pre-activation, CIFAR-10: 6.37% (Table 2(e), Table 3).
+
+Basic units with option-A (zero-padding) shortcuts, as the original CIFAR ResNets and
+fb.resnet.torch; the paper's iteration schedule (defaults). The original unit gives 6.61%.
+"""
+
+from resnet_v2_jax import config as config_lib
+
+
+def get_config():
+    c = config_lib.default()
+    c.experiment = "cifar10_resnet110"
+    c.paper_error = 6.37
+    c.model.depth = 110
+    c.model.block = "basic"
+    c.model.shortcut_type = "A"
+    return c

@@ -1,0 +1,296 @@
+"""`train_and_evaluate(config, workdir)`: the whole training run, resumable at any step.
+
+Flow: validate the config (one-line errors, nothing written) -> probe the workdir -> refuse
+another run's checkpoints -> data (input_pipeline, the only TF user; `synthetic` needs none) ->
+state restored from the newest good checkpoint or created on the devices -> the jitted steps ->
+loop (metrics fetched only at log points, evaluation, async checkpoints, SIGTERM/SIGINT) ->
+`results.json`.
+
+Data order and every random draw are functions of the step, so a run interrupted and resumed
+reaches the same state as one that ran straight through.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+
+from resnet_v2_jax import checkpoint as ckpt_lib
+from resnet_v2_jax import config as config_lib
+from resnet_v2_jax import optim
+from resnet_v2_jax import step as step_lib
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN or Inf."""
+
+
+class WorkdirError(OSError):
+    """The workdir cannot be written."""
+
+
+def _probe_workdir(workdir: epath.Path) -> None:
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write_probe_{jax.process_index()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise WorkdirError(f"workdir {workdir} is not writable ({type(e).__name__}: {e}); "
+                           "choose another --workdir or fix its permissions/free space") from None
+
+
+class MetricWriter:
+    """metrics.jsonl (the source of truth for plot/report) + TensorBoard events + console."""
+
+    def __init__(self, workdir: epath.Path, enabled: bool):
+        self.enabled = enabled
+        self.path = workdir / "metrics.jsonl"
+        self.tb = None
+        if enabled:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.tb = SummaryWriter(str(workdir / "tb"))
+            except Exception as e:  # noqa: BLE001 - TensorBoard is optional output
+                logging.warning("TensorBoard events disabled: %s", e)
+
+    def write(self, step: int, split: str, values: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": int(step), "split": split, **{k: float(v) for k, v in values.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(f"{split}/{k}", float(v), int(step))
+            self.tb.flush()
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+class _Signals:
+    """SIGTERM (preemption) and SIGINT set a flag; the loop saves and stops at the next step."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread (e.g. a notebook worker): no handlers
+                pass
+
+    def _handle(self, signum, frame):
+        del frame
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.received = signum
+        logging.warning("received signal %d: saving a checkpoint, then stopping", signum)
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def image_shape(config, data=None) -> tuple[int, int, int]:
+    if data is not None:
+        return (data.image_size, data.image_size, data.channels)
+    size = config.image_size or config_lib.DATASET_INFO[config.dataset]["image_size"]
+    return (size, size, 3)
+
+
+def _global(local: dict, sharding) -> dict:
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local.items()}
+
+
+def evaluate(eval_fn, state, data, mesh, config, task) -> dict:
+    """Loss, top-1 and top-5 error over every test example exactly once (padded batches masked)."""
+    sharding = step_lib.batch_sharding(mesh)
+    totals = None
+    if data is None:  # synthetic: one random batch, all real
+        batch = dict(step_lib.synthetic_batch(task, mesh, config.eval_batch_size, seed=config.seed + 1))
+        batch["mask"] = jnp.ones((config.eval_batch_size,), jnp.float32)
+        batches = [batch]
+    else:
+        batches = (_global(b, sharding) for b in data.test_batches())
+    for batch in batches:
+        out = eval_fn(state, batch)
+        totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+    totals = jax.device_get(totals)
+    n = float(totals["count"])
+    return {"loss": totals["loss"] / n, "error": totals["errors"] / n,
+            "top5_error": totals["top5_errors"] / n, "count": n}
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+    """Trains `config` in `workdir` (resuming if it holds checkpoints); returns results.json."""
+    config_lib.validate(config, num_devices=jax.device_count())
+    if config.dataset == "synthetic" and config.augment_on_device:
+        raise ValueError("augment_on_device applies to cifar10/cifar100 only, not to dataset='synthetic'")
+    workdir = epath.Path(workdir)
+    _probe_workdir(workdir)
+    is_lead = jax.process_index() == 0
+    checkpointer = ckpt_lib.Checkpointer(workdir, config, config.collective_timeout_s)
+    checkpointer.check_compatible()
+
+    data = None
+    if config.dataset != "synthetic":
+        from resnet_v2_jax import input_pipeline  # the only TensorFlow import
+
+        data = input_pipeline.create(config, jax.process_index(), jax.process_count())
+        if data.num_classes != config.model.num_classes:
+            raise ValueError(f"model.num_classes={config.model.num_classes} but {config.dataset} has "
+                             f"{data.num_classes} classes; set --config.model.num_classes={data.num_classes}")
+    shape = image_shape(config, data)
+    task = step_lib.make_task(config, shape, None if data is None else data.norm)
+    if data is not None:
+        task = step_lib.Task(task.model, task.tx, task.image_shape, task.num_classes, task.norm,
+                             bool(data.device_augment))
+    mesh = step_lib.make_mesh()
+    rep = step_lib.replicated(mesh)
+
+    if is_lead:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    abstract = ckpt_lib.abstract_with_sharding(step_lib.abstract_state(task, config.seed), rep)
+    state, start = checkpointer.restore_latest(abstract)
+    if state is None:
+        state = step_lib.init_state(task, config.seed, mesh)
+        logging.info("starting from scratch")
+    else:
+        logging.info("resumed from the checkpoint at step %d", start)
+    train_fn, eval_fn = step_lib.compile_steps(task, mesh)
+    train_images = None
+    if data is not None and data.train_arrays is not None:
+        train_images = jax.device_put(data.train_arrays["image"], rep)
+
+    writer = MetricWriter(workdir, is_lead)
+    signals = _Signals()
+    lr_fn = optim.schedule(config)
+    sharding = step_lib.batch_sharding(mesh)
+    total = config.num_train_steps
+    synthetic = None if data is not None else step_lib.synthetic_batch(task, mesh, config.batch_size, config.seed)
+    batches = iter(()) if data is None else data.train_batches(start)
+
+    best, last_eval, status, message = math.inf, None, "ok", ""
+    pending: list = []
+    t_log = time.time()
+    step, log_step, rollbacks = start, start, 0
+    train_seconds = 0.0
+    try:
+        while step < total:
+            batch = synthetic if data is None else _global(next(batches), sharding)
+            state, metrics = train_fn(state, batch, train_images)
+            pending.append(metrics)
+            step += 1
+            at_log = step % config.log_every_steps == 0 or step == total
+            stop = signals.received is not None
+            if jax.process_count() > 1 and at_log:  # every process must stop at the same step
+                stop = bool(np.any(multihost_utils.process_allgather(np.array(stop))))
+            if at_log or stop:
+                fetched = jax.device_get(pending)
+                pending = []
+                nan_step = int(jax.device_get(state.nan_step))
+                if nan_step >= 0:
+                    msg = f"loss or gradient became NaN/Inf at step {nan_step}"
+                    if config.nan_policy == "rollback" and rollbacks < 3:
+                        rollbacks += 1
+                        logging.warning("%s: skipping that batch and continuing from the last good state "
+                                        "(rollback %d of 3)", msg, rollbacks)
+                        state = state.replace(step=jnp.asarray(nan_step + 1, jnp.int32),
+                                              nan_step=jnp.asarray(-1, jnp.int32))
+                        step = nan_step + 1
+                        batches = iter(()) if data is None else data.train_batches(step)
+                        continue
+                    status, message = "nan", msg
+                    raise TrainingDiverged(f"{msg}; the last good checkpoint is kept in {checkpointer.directory} "
+                                           "(set --config.nan_policy=rollback to skip the offending batch)")
+                now = time.time()
+                elapsed = now - t_log
+                n_steps = step - log_step
+                train_seconds += elapsed
+                values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+                values.update(learning_rate=float(lr_fn(step - 1)),
+                              images_per_second=n_steps * config.batch_size / max(elapsed, 1e-9),
+                              step_time_s=elapsed / max(n_steps, 1))
+                writer.write(step, "train", values)
+                if is_lead:
+                    rate = values["step_time_s"]
+                    print(f"step {step}/{total} ({100 * step / total:.1f}%)  loss {values['loss']:.4f}  "
+                          f"train error {100 * values['error']:.2f}%  lr {values['learning_rate']:.4g}  "
+                          f"{values['images_per_second']:.0f} img/s  {rate:.3f} s/step  "
+                          f"ETA {_format_eta((total - step) * rate)}", flush=True)
+                t_log, log_step = time.time(), step
+            if step % config.eval_every_steps == 0 or step == total:
+                last_eval = evaluate(eval_fn, state, data, mesh, config, task)
+                best = min(best, last_eval["error"])
+                writer.write(step, "test", {k: v for k, v in last_eval.items() if k != "count"})
+                if is_lead:
+                    print(f"step {step}: test error {100 * last_eval['error']:.2f}% (top-5 "
+                          f"{100 * last_eval['top5_error']:.2f}%) loss {last_eval['loss']:.4f} over "
+                          f"{int(last_eval['count'])} examples", flush=True)
+                t_log = time.time()
+            if step % config.checkpoint_every_steps == 0 or step == total or stop:
+                _save(checkpointer, step, state, force=stop or step == total)
+            if stop:
+                status = "preempted" if signals.received == signal.SIGTERM else "interrupted"
+                break
+    except TrainingDiverged:
+        _write_results(workdir, is_lead, config, status, message, step, step - start, train_seconds, best, last_eval)
+        raise
+    finally:
+        signals.restore()
+        writer.close()
+        try:
+            checkpointer.wait()
+        finally:
+            checkpointer.close()
+    return _write_results(workdir, is_lead, config, status, message, step, step - start, train_seconds, best, last_eval)
+
+
+def _save(checkpointer, step, state, force):
+    try:
+        checkpointer.save(step, state, force=force)
+    except Exception as e:
+        logging.error("checkpoint save at step %d failed (%s: %s); training continues with the state in "
+                      "memory and retries at the next checkpoint", step, type(e).__name__, e)
+        print(f"error: checkpoint save at step {step} failed: {e}", flush=True)
+        if force:
+            raise WorkdirError(f"the checkpoint at step {step} could not be written: {e}") from e
+
+
+def _write_results(workdir, is_lead, config, status, message, step, trained, train_seconds, best, last_eval):
+    results = {
+        "status": status,
+        "message": message,
+        "final_test_error": None if last_eval is None else float(last_eval["error"]),
+        "final_test_top5_error": None if last_eval is None else float(last_eval["top5_error"]),
+        "best_test_error": None if best == math.inf else float(best),
+        "steps": int(step),
+        "train_seconds": float(train_seconds),
+        "images_per_second": float(trained * config.batch_size / train_seconds) if train_seconds else 0.0,
+        "paper_error": config.paper_error,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    if is_lead and status != "interrupted" and status != "preempted":
+        (workdir / "results.json").write_text(json.dumps(results, indent=2))
+    return results
