@@ -414,6 +414,33 @@ def test_final_bn_relu_feeds_the_pooling_for_full_preact(net20):
     assert (np.asarray(feats["fc_in"]) >= 0).all()
 
 
+@pytest.mark.parametrize("unit", ["full_preact", "original"])
+def test_what_lies_between_conv1_and_the_first_unit(unit):
+    """Full pre-activation: nothing (the first unit's BN-ReLU is "the activation after conv1");
+    original: BN-ReLU."""
+    model = networks.build(model_config(unit=unit, width=0.25))
+    variables = random_variables(model)
+    rec = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__":
+            if context.module.name == "conv1":
+                rec["conv1"] = out
+            elif context.module.name == "stage1_unit1":
+                rec["unit_in"] = args[0]
+        return out
+
+    with nn.intercept_methods(interceptor):
+        model.apply(variables, images(), train=False)
+    c = rec["conv1"]
+    if unit == "full_preact":
+        np.testing.assert_array_equal(np.asarray(rec["unit_in"]), np.asarray(c))
+    else:
+        bn, st = variables["params"]["conv1_bn0"], variables["batch_stats"]["conv1_bn0"]
+        close(rec["unit_in"], jax.nn.relu((c - st["mean"]) / jnp.sqrt(st["var"] + 1e-5) * bn["scale"] + bn["bias"]))
+
+
 # ---------------------------------------------------------------------------------------------
 # BN statistics over groups (the paper's per-GPU batches).
 
@@ -435,9 +462,6 @@ def test_bn_group_size_two_equals_two_separate_halves(net20):
     close(y2, jnp.concatenate([ya, yb]))
     # The running statistics move by the average of the groups' statistics (linear update).
     tree_close(s2, jax.tree.map(lambda a, b: (a + b) / 2, sa, sb))
-    # Eval mode ignores the grouping.
-    close(networks.build(cfg, bn_group_size=2).apply(variables, x, train=False),
-          model.apply(variables, x, train=False))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -174,6 +174,30 @@ def test_each_unit_matches_its_own_fig4_order_and_no_other(block):
             assert np.abs(np.asarray(y - ref)).max() > 1e-2, f"{name} unit also matches {other}"
 
 
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_unit_gradients_match_the_reference(block):
+    """The convs' backward pass (layers.scan_friendly_conv's custom VJP on CPU) against lax's own."""
+    x = make_x()
+    u = identity_unit("full_preact", block)
+    variables = random_variables(u, x)
+    tokens = FIG4["full_preact"] if block == "basic" else bottleneck_tokens(FIG4["full_preact"])
+    w = make_x(seed=9)
+
+    def package(params, x):
+        return jnp.sum(w * run(u, {"params": params, "batch_stats": variables["batch_stats"]}, x))
+
+    def reference(params, x):
+        return jnp.sum(w * reference_unit(tokens, {"params": params, "batch_stats": {}}, x)[0])
+
+    got = jax.grad(package, (0, 1))(variables["params"], x)
+    want = jax.grad(reference, (0, 1))(variables["params"], x)
+    for (path, g), (_, r) in zip(jax.tree_util.tree_flatten_with_path(got)[0],
+                                 jax.tree_util.tree_flatten_with_path(want)[0]):
+        scale = float(jnp.abs(r).max())
+        assert scale > 1e-3, path
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), atol=1e-4 * scale, rtol=1e-4, err_msg=str(path))
+
+
 @pytest.mark.parametrize("name", list(FIG4))
 def test_each_unit_in_eval_mode_uses_running_statistics(name):
     x = make_x()
@@ -250,6 +274,48 @@ def test_full_preact_unit_with_zero_last_conv_is_exactly_the_identity_forward_an
     w = make_x(seed=7)
     (dx,) = vjp(w)
     np.testing.assert_array_equal(np.asarray(dx), np.asarray(w))
+
+
+def test_full_preact_scanned_stage_with_zero_last_convs_passes_the_signal_unchanged():
+    """The same on a CIFAR full_preact net's scanned stage (stacked params, as `nn.scan` folds them)."""
+    from resnet_v2_jax import networks
+
+    cfg = config_lib.default().model
+    cfg.depth, cfg.block, cfg.width, cfg.zero_init_last = 20, "basic", 0.5, True
+    model = networks.build(cfg)
+    x = make_x(shape=(4, 8, 8, 3))
+    variables = random_variables(model, x, train=False)
+    stacked = variables["params"]["stage2_units"]["unit"]
+    stacked = dict(stacked, Conv_1={"kernel": jnp.zeros_like(stacked["Conv_1"]["kernel"])})
+    variables = dict(variables, params=dict(variables["params"], stage2_units={"unit": stacked}))
+    rec = {}
+
+    def interceptor(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and context.module.name in ("stage2_unit1", "stage3_unit1"):
+            rec[context.module.name] = (args[0], out)
+        return out
+
+    with nn.intercept_methods(interceptor):
+        model.apply(variables, x, train=True, mutable=["batch_stats"])
+    x_l, x_L = rec["stage2_unit1"][1], rec["stage3_unit1"][0]  # the scanned units' input and output
+    assert np.abs(np.asarray(x_l)).max() > 0.1
+    np.testing.assert_array_equal(np.asarray(x_L), np.asarray(x_l))
+
+    # Backward through the same scanned stage: d(sum(w * x_L)) / d x_l == w exactly.
+    stage = nn.scan(networks._ScanBody, variable_axes={"params": 0, "batch_stats": 0},
+                    split_rngs={"params": True}, length=2)(
+        ResidualUnit, {"features": 16, "block": "basic", "unit": "full_preact"})
+    stage_vars = {"params": {"unit": stacked}, "batch_stats": variables["batch_stats"]["stage2_units"]}
+
+    def forward(h):
+        (out, _), _ = stage.apply(stage_vars, h, None, mutable=["batch_stats"])
+        return out
+
+    y, vjp = jax.vjp(forward, x_l)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(x_l))
+    w = make_x(seed=7, shape=x_l.shape)
+    np.testing.assert_array_equal(np.asarray(vjp(w)[0]), np.asarray(w))
 
 
 def test_full_preact_general_unit_adds_the_branch_to_the_untouched_input():
