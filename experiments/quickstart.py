@@ -16,7 +16,7 @@ def get_config():
     c.model.num_classes = 10
     c.batch_size = 64
     c.eval_batch_size = 120
-    c.num_train_steps = 600
+    c.num_train_steps = 400
     c.learning_rate = 0.1
     c.schedule = "cosine"
     c.warmup_steps = 50

@@ -12,10 +12,11 @@ overwritten.
 from __future__ import annotations
 
 import json
+import sys
+import time
 
 import jax
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
 
 
@@ -48,8 +49,10 @@ class Checkpointer:
             enable_async_checkpointing=True,
             async_options=ocp.AsyncOptions(timeout_secs=timeout_s),
             create=False,
+            cleanup_tmp_directories=True,  # a save cut short by kill -9 leaves a tmp dir: removed at start
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self.last_requested: int | None = None  # the step of the newest save() call
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -75,6 +78,7 @@ class Checkpointer:
 
     def save(self, step: int, state, extra: dict | None = None, force: bool = False) -> bool:
         meta = {"fingerprint": fingerprint(self.config), "step": int(step), **(extra or {})}
+        self.last_requested = int(step)
         self.directory.mkdir(parents=True, exist_ok=True)
         return self.manager.save(
             int(step),
@@ -83,15 +87,45 @@ class Checkpointer:
         )
 
     def restore_latest(self, abstract_state):
-        """(state, step) from the newest checkpoint that restores, or (None, 0) when none does."""
+        """(state, step) from the newest checkpoint that restores, or (None, 0) when none does.
+
+        Damaged checkpoints newer than the one taken are moved (not deleted) to
+        `<workdir>/corrupt_checkpoints/<step>`, so that the run can write those steps again.
+        """
+        bad = []
+        try:
+            return self._restore_latest(abstract_state, bad)
+        finally:
+            if bad:
+                self._set_aside(bad)
+
+    def _set_aside(self, steps: list[int]) -> None:
+        aside = self.directory.parent / "corrupt_checkpoints"
+        if jax.process_index() == 0:
+            aside.mkdir(parents=True, exist_ok=True)
+            for step in steps:
+                target = aside / f"{step}.{int(time.time())}"
+                (self.directory / str(step)).rename(target)
+                print(f"warning: moved the damaged checkpoint at step {step} to {target}", file=sys.stderr,
+                      flush=True)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("resnet_v2_jax: damaged checkpoints set aside")
+        self.manager.reload()
+
+    def _restore_latest(self, abstract_state, bad: list[int]):
         for step in reversed(self.steps()):
             try:
                 restored = self.manager.restore(
                     step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                   meta=ocp.args.JsonRestore()))
             except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
-                logging.warning("checkpoint at step %d cannot be restored (%s: %s); trying the previous one",
-                                step, type(e).__name__, str(e).splitlines()[0][:200])
+                reason = (str(e).strip().splitlines() or [""])[0][:200]
+                print(f"warning: the checkpoint at step {step} in {self.directory} cannot be restored "
+                      f"({type(e).__name__}: {reason}); falling back to the previous one",
+                      file=sys.stderr, flush=True)
+                bad.append(step)
                 continue
             self._compare(restored["meta"], step)
             return restored["state"], step

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from typing import Any
 
@@ -37,6 +38,10 @@ class TrainingDiverged(RuntimeError):
 
 class WorkdirError(OSError):
     """The workdir cannot be written."""
+
+
+class CheckpointSaveError(RuntimeError):
+    """The final (or a signal-forced) checkpoint could not be written."""
 
 
 def _probe_workdir(workdir: epath.Path) -> None:
@@ -148,11 +153,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if config.dataset == "synthetic" and config.augment_on_device:
         raise ValueError("augment_on_device applies to cifar10/cifar100 only, not to dataset='synthetic'")
     workdir = epath.Path(workdir)
-    _probe_workdir(workdir)
-    is_lead = jax.process_index() == 0
-    checkpointer = ckpt_lib.Checkpointer(workdir, config, config.collective_timeout_s)
-    checkpointer.check_compatible()
-
+    # Everything that can reject the run comes before the first write to the workdir: the
+    # config, the data (a missing dataset names its preparation steps), then the probe write,
+    # then another run's checkpoints (read-only: they are refused, never overwritten).
     data = None
     if config.dataset != "synthetic":
         from resnet_v2_jax import input_pipeline  # the only TensorFlow import
@@ -161,6 +164,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         if data.num_classes != config.model.num_classes:
             raise ValueError(f"model.num_classes={config.model.num_classes} but {config.dataset} has "
                              f"{data.num_classes} classes; set --config.model.num_classes={data.num_classes}")
+    _probe_workdir(workdir)
+    is_lead = jax.process_index() == 0
+    checkpointer = ckpt_lib.Checkpointer(workdir, config, config.collective_timeout_s)
+    checkpointer.check_compatible()
     shape = image_shape(config, data)
     task = step_lib.make_task(config, shape, None if data is None else data.norm)
     if data is not None:
@@ -176,9 +183,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if state is None:
         state = step_lib.init_state(task, config.seed, mesh)
         logging.info("starting from scratch")
-    else:
-        logging.info("resumed from the checkpoint at step %d", start)
-    train_fn, eval_fn = step_lib.compile_steps(task, mesh)
+    elif is_lead:
+        print(f"resumed from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
+    _, eval_fn = step_lib.compile_steps(task, mesh)
+    train_fn = _compile_guarded_train_step(task, mesh)
     train_images = None
     if data is not None and data.train_arrays is not None:
         train_images = jax.device_put(data.train_arrays["image"], rep)
@@ -203,12 +211,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             pending.append(metrics)
             step += 1
             at_log = step % config.log_every_steps == 0 or step == total
+            at_eval = step % config.eval_every_steps == 0 or step == total
+            at_ckpt = step % config.checkpoint_every_steps == 0 or step == total
             stop = signals.received is not None
-            if jax.process_count() > 1 and at_log:  # every process must stop at the same step
-                stop = bool(np.any(multihost_utils.process_allgather(np.array(stop))))
-            if at_log or stop:
-                fetched = jax.device_get(pending)
-                pending = []
+            if jax.process_count() > 1:  # every process must stop (and save) at the same step
+                stop = at_log and bool(np.any(multihost_utils.process_allgather(np.array(stop))))
+            # nan_step is read before every log, evaluation and checkpoint, so no checkpoint is
+            # ever written after a non-finite step: the newest one always holds good parameters.
+            if at_log or stop or at_eval or at_ckpt:
                 nan_step = int(jax.device_get(state.nan_step))
                 if nan_step >= 0:
                     msg = f"loss or gradient became NaN/Inf at step {nan_step}"
@@ -218,12 +228,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                         "(rollback %d of 3)", msg, rollbacks)
                         state = state.replace(step=jnp.asarray(nan_step + 1, jnp.int32),
                                               nan_step=jnp.asarray(-1, jnp.int32))
-                        step = nan_step + 1
+                        step, pending = nan_step + 1, []  # the bad steps' metrics are dropped too
                         batches = iter(()) if data is None else data.train_batches(step)
                         continue
-                    status, message = "nan", msg
-                    raise TrainingDiverged(f"{msg}; the last good checkpoint is kept in {checkpointer.directory} "
-                                           "(set --config.nan_policy=rollback to skip the offending batch)")
+                    status, message = "nan", msg + (" (after 3 rollbacks)" if rollbacks else "")
+                    raise TrainingDiverged(f"{message}; stopped, and the last good checkpoint is kept in "
+                                           f"{checkpointer.directory} (set --config.nan_policy=rollback to "
+                                           "skip the offending batch)")
+            if at_log or stop:
+                fetched = jax.device_get(pending)
+                pending = []
                 now = time.time()
                 elapsed = now - t_log
                 n_steps = step - log_step
@@ -240,7 +254,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                           f"{values['images_per_second']:.0f} img/s  {rate:.3f} s/step  "
                           f"ETA {_format_eta((total - step) * rate)}", flush=True)
                 t_log, log_step = time.time(), step
-            if step % config.eval_every_steps == 0 or step == total:
+            if at_eval:
                 last_eval = evaluate(eval_fn, state, data, mesh, config, task)
                 best = min(best, last_eval["error"])
                 writer.write(step, "test", {k: v for k, v in last_eval.items() if k != "count"})
@@ -249,7 +263,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                           f"{100 * last_eval['top5_error']:.2f}%) loss {last_eval['loss']:.4f} over "
                           f"{int(last_eval['count'])} examples", flush=True)
                 t_log = time.time()
-            if step % config.checkpoint_every_steps == 0 or step == total or stop:
+            if at_ckpt or stop:
                 _save(checkpointer, step, state, force=stop or step == total)
             if stop:
                 status = "preempted" if signals.received == signal.SIGTERM else "interrupted"
@@ -262,20 +276,45 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         writer.close()
         try:
             checkpointer.wait()
+        except Exception as e:  # an asynchronous save failed after it started
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            raise CheckpointSaveError(f"the checkpoint at step {checkpointer.last_requested} could not be "
+                                      f"written to {checkpointer.directory} ({reason})") from e
         finally:
             checkpointer.close()
     return _write_results(workdir, is_lead, config, status, message, step, step - start, train_seconds, best, last_eval)
+
+
+def _compile_guarded_train_step(task, mesh):
+    """`step.train_step`, plus: an update that makes a parameter non-finite counts as a NaN step.
+
+    The step itself rejects a non-finite loss or gradient; a finite gradient times an absurd
+    learning rate can still overflow the parameters (lr=1e40 is inf in float32), which would
+    then be taken as the "last good" state. Here such an update is rejected the same way: the
+    previous state is kept and `nan_step` records the step.
+    """
+    import optax
+
+    def guarded(state, batch, train_images):
+        new, metrics = step_lib.train_step(task, state, batch, train_images)
+        bad = ~jnp.isfinite(optax.global_norm(new.params)) & (new.nan_step < 0)
+        kept = jax.tree.map(lambda n, o: jnp.where(bad, o, n), new, state)
+        return kept.replace(nan_step=jnp.where(bad, state.step, kept.nan_step)), metrics
+
+    rep, data = step_lib.replicated(mesh), step_lib.batch_sharding(mesh)
+    return jax.jit(guarded, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
 
 
 def _save(checkpointer, step, state, force):
     try:
         checkpointer.save(step, state, force=force)
     except Exception as e:
-        logging.error("checkpoint save at step %d failed (%s: %s); training continues with the state in "
-                      "memory and retries at the next checkpoint", step, type(e).__name__, e)
-        print(f"error: checkpoint save at step {step} failed: {e}", flush=True)
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
         if force:
-            raise WorkdirError(f"the checkpoint at step {step} could not be written: {e}") from e
+            raise CheckpointSaveError(f"the checkpoint at step {step} could not be written to "
+                                      f"{checkpointer.directory} ({reason})") from e
+        print(f"error: checkpoint save at step {step} failed ({reason}); training continues with the state "
+              "in memory and retries at the next checkpoint", file=sys.stderr, flush=True)
 
 
 def _write_results(workdir, is_lead, config, status, message, step, trained, train_seconds, best, last_eval):

@@ -1,0 +1,502 @@
+"""Facts about the training system: full runs on TFDS mock data and the real digits, equality
+across device and process counts, BN groups, resuming (checkpoint and SIGTERM), config overrides
+reaching the model, the learning-rate schedules and the optimizer.
+
+Multi-device and multi-process runs happen in subprocesses (the device count is fixed once JAX
+starts); single-device runs happen in this process. Networks are tiny (CIFAR family depth 8,
+width 0.25) so compile time, not training, dominates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from resnet_v2_jax import checkpoint as ckpt_lib
+from resnet_v2_jax import config as config_lib
+from resnet_v2_jax import networks, optim, summary, train
+from resnet_v2_jax import step as step_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICKSTART = os.path.join(REPO, "experiments", "quickstart.py")
+
+# The tiny digits network every subprocess run uses, as main's --config overrides.
+TINY = {
+    "model.depth": 8,
+    "model.width": 0.25,
+    "batch_size": 16,
+    "eval_batch_size": 120,
+    "log_every_steps": 1,
+    "eval_every_steps": 1000,
+    "checkpoint_every_steps": 1000,
+}
+RESULT_FIELDS = {"status", "message", "final_test_error", "final_test_top5_error", "best_test_error", "steps",
+                 "train_seconds", "images_per_second", "paper_error", "config"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def quickstart_config(data_dir, **overrides):
+    """experiments/quickstart.py with `overrides` ({'a.b': v}), as main's --config.a.b=v would set them."""
+    sys.path.insert(0, os.path.dirname(QUICKSTART))
+    try:
+        import quickstart  # noqa: PLC0415
+    finally:
+        sys.path.pop(0)
+    config = quickstart.get_config()
+    config.data_dir = data_dir
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def child_env(devices: int = 1) -> dict:
+    env = dict(os.environ)
+    env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def main_args(workdir, data_dir, **overrides) -> list[str]:
+    flags = {**TINY, **overrides}
+    return [f"--config={QUICKSTART}", f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+            *(f"--config.{k}={v}" for k, v in flags.items())]
+
+
+def run_main(workdir, data_dir, devices=1, **overrides) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "resnet_v2_jax.main", *main_args(workdir, data_dir, **overrides)]
+    return subprocess.Popen(cmd, cwd=REPO, env=child_env(devices), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout=240) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # local.sh stops its processes on SIGTERM
+        out, _ = proc.communicate(timeout=30)
+        pytest.fail(f"{proc.args[:3]} did not finish within {timeout} s; output:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def read_metrics(workdir, split="train") -> list[dict]:
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    return [m for m in lines if split is None or m["split"] == split]
+
+
+def restore_state(workdir, config):
+    """(state, step) of the newest checkpoint in `workdir`, restored onto this process's devices."""
+    task = step_lib.make_task(config, train.image_shape(config) if config.dataset != "digits" else (8, 8, 1))
+    mesh = step_lib.make_mesh()
+    abstract = ckpt_lib.abstract_with_sharding(step_lib.abstract_state(task, config.seed),
+                                               step_lib.replicated(mesh))
+    checkpointer = ckpt_lib.Checkpointer(workdir, config)
+    try:
+        return checkpointer.restore_latest(abstract)
+    finally:
+        checkpointer.close()
+
+
+def num_params(tree) -> int:
+    return int(sum(np.size(a) for a in jax.tree.leaves(tree)))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class EvalCounts:
+    """Wraps train.evaluate to record how many test examples each evaluation counted."""
+
+    def __init__(self, monkeypatch):
+        self.counts = []
+        original = train.evaluate
+
+        def evaluate(*args, **kwargs):
+            out = original(*args, **kwargs)
+            self.counts.append(int(out["count"]))
+            return out
+
+        monkeypatch.setattr(train, "evaluate", evaluate)
+
+
+@pytest.fixture(scope="module")
+def digits_dir(digits_data_dir):
+    """The session's data dir with digits prepared, before several processes read it at once."""
+    from resnet_v2_jax import digits
+
+    builder = digits.Digits(data_dir=digits_data_dir)
+    if not builder.is_prepared():
+        builder.download_and_prepare()
+    return digits_data_dir
+
+
+# ----------------------------------------------------------------------------- TFDS mock data
+
+
+def fake_prepared(name, data_dir, sizes):
+    """Writes the split metadata TFDS reads for a prepared dataset; `mock_data` supplies records."""
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.info.set_splits(tfds.core.SplitDict(
+        [tfds.core.SplitInfo(name=k, shard_lengths=[n], num_bytes=0) for k, n in sizes.items()]))
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+
+
+def mock_data(data_dir, num_examples):
+    return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES,
+                                  data_dir=data_dir)
+
+
+def assert_results(results, workdir, steps):
+    on_disk = json.loads(open(os.path.join(workdir, "results.json")).read())
+    assert set(on_disk) >= RESULT_FIELDS and on_disk == json.loads(json.dumps(results))
+    assert on_disk["status"] == "ok" and on_disk["message"] == ""
+    assert on_disk["steps"] == steps
+    assert 0.0 <= on_disk["final_test_error"] <= 1.0 and 0.0 <= on_disk["final_test_top5_error"] <= 1.0
+    assert on_disk["best_test_error"] <= on_disk["final_test_error"]
+    assert on_disk["train_seconds"] > 0 and on_disk["images_per_second"] > 0
+    for name in ("config.json", "metrics.jsonl", "tb"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [str(steps)]
+    train_lines = read_metrics(workdir, "train")
+    assert [m["step"] for m in train_lines] == list(range(1, steps + 1))
+    assert all({"loss", "error", "grad_norm", "learning_rate"} <= set(m) for m in train_lines)
+    tests = read_metrics(workdir, "test")
+    assert [m["step"] for m in tests] == [steps]
+    assert tests[0]["error"] == pytest.approx(on_disk["final_test_error"])
+    return on_disk
+
+
+def test_cifar10_mock_data_trains_and_evaluates_every_test_example_once(tmp_path, monkeypatch):
+    data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+    fake_prepared("cifar10", data_dir, {"train": 40, "test": 40})
+    config = config_lib.default()
+    config.dataset, config.data_dir = "cifar10", data_dir
+    config.model.depth, config.model.block, config.model.width = 8, "basic", 0.25
+    config.batch_size, config.eval_batch_size, config.num_train_steps = 8, 16, 3  # 40 = 16 + 16 + 8 padded
+    config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps = 1, 1000, 1000
+    counts = EvalCounts(monkeypatch)
+    with mock_data(data_dir, 40):
+        results = train.train_and_evaluate(config, workdir)
+    assert_results(results, workdir, 3)
+    assert counts.counts == [40]
+    assert results["config"]["dataset"] == "cifar10" and results["config"]["model"]["depth"] == 8
+
+
+def test_imagenet_mock_data_trains_and_evaluates_every_validation_example_once(tmp_path, monkeypatch):
+    # The train crop could be smaller, but evaluation is 224 or 320 only: 224 throughout, batch 2.
+    # (mock_data makes `num_examples` records per split, so the validation split holds 5 too.)
+    data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+    fake_prepared("imagenet2012", data_dir, {"train": 5, "validation": 5})
+    config = config_lib.default()
+    config.dataset, config.data_dir = "imagenet2012", data_dir
+    config.model.family, config.model.depth, config.model.block = "imagenet", 18, "basic"
+    config.model.width, config.model.num_classes = 0.125, 1000
+    config.batch_size, config.eval_batch_size, config.num_train_steps = 2, 4, 2  # 5 = 4 + 1 padded
+    config.shuffle_buffer = 8
+    config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps = 1, 1000, 1000
+    counts = EvalCounts(monkeypatch)
+    with mock_data(data_dir, 5):
+        results = train.train_and_evaluate(config, workdir)
+    assert_results(results, workdir, 2)
+    assert counts.counts == [5]
+
+
+# ----------------------------------------------------------------------------- quick start
+
+
+def test_quickstart_reaches_95_percent_on_real_digits(tmp_path, digits_dir, monkeypatch):
+    """The headline: experiments/quickstart.py as shipped (400 steps), >= 95% test accuracy."""
+    config = quickstart_config(digits_dir)
+    assert config.num_train_steps == 400
+    counts = EvalCounts(monkeypatch)
+    results = train.train_and_evaluate(config, str(tmp_path))
+    assert results["status"] == "ok" and results["steps"] == 400
+    assert results["final_test_error"] <= 0.05, results["final_test_error"]
+    assert counts.counts == [360, 360]  # evaluations at 200, 400 over the whole test split
+    assert [m["step"] for m in read_metrics(str(tmp_path), "test")] == [200, 400]
+
+
+# ----------------------------------------------------------------------------- devices and BN groups
+
+STEP_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    from resnet_v2_jax import config as config_lib, step
+
+    assert jax.device_count() == 4, jax.devices()
+
+    def run(devices, group, steps=3):
+        c = config_lib.default()
+        c.dataset, c.image_size = "synthetic", 8
+        c.model.depth, c.model.block, c.model.width = 8, "basic", 0.25
+        c.batch_size, c.bn_group_size = 8, group
+        task = step.make_task(c, (8, 8, 3))
+        mesh = step.make_mesh(devices)
+        state = step.init_state(task, 0, mesh)
+        train_fn, _ = step.compile_steps(task, mesh)
+        rng = np.random.default_rng(0)
+        losses = []
+        for _ in range(steps):
+            batch = {"image": rng.normal(size=(8, 8, 8, 3)).astype(np.float32),
+                     "label": rng.integers(0, 10, 8).astype(np.int32)}
+            state, metrics = train_fn(state, jax.device_put(batch, step.batch_sharding(mesh)), None)
+            losses.append(float(metrics["loss"]))
+        leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))]
+        return {"losses": losses, "state": np.concatenate(leaves).tolist()}
+
+    one, four = jax.devices()[:1], jax.devices()
+    out = {"1dev": run(one, 0), "4dev": run(four, 0), "1dev_g8": run(one, 8), "1dev_g2": run(one, 2),
+           "4dev_g2": run(four, 2)}
+    json.dump(out, open(sys.argv[1], "w"))
+""")
+
+
+@pytest.fixture(scope="module")
+def step_runs(tmp_path_factory):
+    """Losses and final state after 3 train steps, global batch 8, on meshes of 1 and 4 CPU devices."""
+    path = tmp_path_factory.mktemp("steps") / "out.json"
+    subprocess.run([sys.executable, "-c", STEP_SCRIPT, str(path)], cwd=REPO, env=child_env(4), check=True,
+                   timeout=300)
+    return json.loads(path.read_text())
+
+
+def test_one_device_and_four_devices_give_the_same_steps(step_runs):
+    # Tolerance: rtol 1e-4 on the per-step losses and on every parameter/BN statistic after 3 steps
+    # (the 4-device reductions sum in a different order).
+    np.testing.assert_allclose(step_runs["4dev"]["losses"], step_runs["1dev"]["losses"], rtol=1e-4)
+    np.testing.assert_allclose(step_runs["4dev"]["state"], step_runs["1dev"]["state"], rtol=1e-4, atol=1e-6)
+    assert len(set(step_runs["1dev"]["losses"])) == 3  # the steps really change the state
+
+
+def test_bn_group_of_the_global_batch_equals_the_default(step_runs):
+    np.testing.assert_allclose(step_runs["1dev_g8"]["losses"], step_runs["1dev"]["losses"], rtol=1e-5)
+
+
+def test_smaller_bn_group_changes_the_losses_but_not_with_the_device_count(step_runs):
+    g2, g0 = np.array(step_runs["1dev_g2"]["losses"]), np.array(step_runs["1dev"]["losses"])
+    assert np.max(np.abs(g2 - g0) / g0) > 1e-3
+    np.testing.assert_allclose(step_runs["4dev_g2"]["losses"], g2, rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- two processes
+
+
+@pytest.fixture(scope="module")
+def multiprocess_runs(tmp_path_factory, digits_dir):
+    """main for 4 steps: 2 processes x 2 CPU devices (launch/local.sh), and 1 process x 4 devices."""
+    root = tmp_path_factory.mktemp("multiprocess")
+    two, one = root / "two", root / "one"
+    env = child_env(1)
+    env.pop("XLA_FLAGS")
+    env.update(DEVICES_PER_PROCESS="2", LOG_DIR=str(root / "logs"), PORT=str(free_port()), PYTHON=sys.executable)
+    launcher = subprocess.Popen(["bash", os.path.join(REPO, "launch", "local.sh"), "2",
+                                 *main_args(two, digits_dir, num_train_steps=4)],
+                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    single = run_main(one, digits_dir, devices=4, num_train_steps=4)
+    out_two = finish(launcher)
+    finish(single)
+    return {"two": str(two), "one": str(one), "out_two": out_two}
+
+
+def test_two_processes_match_one_process_with_four_devices(multiprocess_runs):
+    two = read_metrics(multiprocess_runs["two"])
+    one = read_metrics(multiprocess_runs["one"])
+    assert [m["step"] for m in two] == [m["step"] for m in one] == [1, 2, 3, 4]
+    np.testing.assert_allclose([m["loss"] for m in two], [m["loss"] for m in one], rtol=1e-4)
+    test_two, test_one = read_metrics(multiprocess_runs["two"], "test"), read_metrics(multiprocess_runs["one"], "test")
+    np.testing.assert_allclose(test_two[0]["loss"], test_one[0]["loss"], rtol=1e-4)
+
+
+def test_only_process_zero_writes_metrics_and_results(multiprocess_runs):
+    lines = read_metrics(multiprocess_runs["two"], None)
+    keys = [(m["step"], m["split"]) for m in lines]
+    assert len(keys) == len(set(keys)) == 5  # 4 train lines and 1 test line, none twice
+    results = json.loads(open(os.path.join(multiprocess_runs["two"], "results.json")).read())
+    assert results["status"] == "ok" and results["steps"] == 4
+    assert "all 2 processes finished successfully" in multiprocess_runs["out_two"]
+    assert os.listdir(os.path.join(multiprocess_runs["two"], "checkpoints")) == ["4"]
+
+
+# ----------------------------------------------------------------------------- resuming
+
+
+def tiny_config(data_dir, **overrides):
+    # A constant learning rate, so the step count alone does not change the schedule.
+    return quickstart_config(data_dir, **{**TINY, "schedule": "constant", "warmup_steps": 0, **overrides})
+
+
+def test_interrupt_and_resume_equals_uninterrupted(tmp_path, digits_dir):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=6), straight)
+    train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=3), resumed)  # checkpoint at 3
+    assert os.listdir(os.path.join(resumed, "checkpoints")) == ["3"]
+    results = train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=6), resumed)
+    assert results["steps"] == 6
+    a, b = read_metrics(straight), read_metrics(resumed)
+    assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]  # resumed at 4, not restarted from 1
+    np.testing.assert_allclose([m["loss"] for m in b], [m["loss"] for m in a], rtol=1e-6)
+    config = tiny_config(digits_dir, num_train_steps=6)
+    (sa, step_a), (sb, step_b) = restore_state(straight, config), restore_state(resumed, config)
+    assert step_a == step_b == 6 and int(sa.step) == int(sb.step) == 6
+    for x, y in zip(jax.tree.leaves((sa.params, sa.batch_stats, sa.opt_state)),
+                    jax.tree.leaves((sb.params, sb.batch_stats, sb.opt_state)), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def sigterm_run(tmp_path_factory, digits_dir):
+    """main with 100k steps, the original unit and depth 8 overridden on the command line, SIGTERMed
+    once metrics.jsonl has 3 lines."""
+    workdir = str(tmp_path_factory.mktemp("sigterm") / "run")
+    proc = run_main(workdir, digits_dir, num_train_steps=100000, **{"model.unit": "original"})
+    deadline = time.time() + 180
+    while len(read_metrics(workdir)) < 3:
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.time() < deadline, "no metrics within 180 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    return {"workdir": workdir, "rc": proc.returncode, "out": out,
+            "metrics": read_metrics(workdir), "checkpoints": os.listdir(os.path.join(workdir, "checkpoints"))}
+
+
+def test_sigterm_saves_exits_zero_and_rerun_resumes(sigterm_run, digits_dir):
+    assert sigterm_run["rc"] == 0, sigterm_run["out"][-3000:]
+    assert len(sigterm_run["checkpoints"]) == 1
+    saved = int(sigterm_run["checkpoints"][0])
+    assert saved >= 3 and sigterm_run["metrics"][-1]["step"] == saved  # a last line at the stop step
+    assert not os.path.exists(os.path.join(sigterm_run["workdir"], "results.json"))  # preempted: no results
+    config = tiny_config(digits_dir, **{"model.unit": "original"})
+    state, step = restore_state(sigterm_run["workdir"], config)
+    assert step == saved and int(state.step) == saved
+    config.num_train_steps = saved + 2
+    results = train.train_and_evaluate(config, sigterm_run["workdir"])
+    new = read_metrics(sigterm_run["workdir"])[len(sigterm_run["metrics"]):]
+    assert [m["step"] for m in new] == [saved + 1, saved + 2]  # resumed, not restarted from 0
+    assert results["status"] == "ok" and results["steps"] == saved + 2
+
+
+def test_config_overrides_reach_the_model(sigterm_run, digits_dir):
+    saved = json.loads(open(os.path.join(sigterm_run["workdir"], "config.json")).read())
+    assert saved["model"]["unit"] == "original" and saved["model"]["depth"] == 8
+    assert saved["model"]["width"] == 0.25 and saved["batch_size"] == 16
+    config = tiny_config(digits_dir, **{"model.unit": "original"})
+    state, _ = restore_state(sigterm_run["workdir"], config)
+    assert any(k.startswith("conv1_bn") for k in state.params)  # the original unit: BN after conv1
+    count = num_params(state.params)
+    assert count == summary.analyse(config)["params"]
+    assert count != summary.analyse(quickstart_config(digits_dir, **{"model.unit": "original"}))["params"]
+    full_preact = tiny_config(digits_dir).model
+    variables = jax.eval_shape(lambda: networks.build(full_preact).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False))
+    assert not any(k.startswith("conv1_bn") for k in variables["params"])  # pre-activation: none
+
+
+# ----------------------------------------------------------------------------- schedule, optimizer
+
+
+def schedule_config(**overrides):
+    c = config_lib.default()  # paper_steps: 0.01 warm-up for 400, 0.1, /10 at 32k and 48k
+    for key, value in overrides.items():
+        c[key] = value
+    return c
+
+
+def lr_at(config, steps):
+    fn = optim.schedule(config)
+    return [float(fn(s)) for s in steps]
+
+
+def test_paper_steps_schedule_boundaries():
+    steps = [0, 399, 400, 31999, 32000, 47999, 48000, 63999]
+    np.testing.assert_allclose(lr_at(schedule_config(), steps),
+                               [0.01, 0.01, 0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-5)
+
+
+def test_epochs_step_boundaries_are_in_epochs():
+    config = schedule_config(schedule="epochs_step", lr_boundaries=(81, 122), batch_size=64, warmup_steps=0)
+    b1, b2 = round(81 * 50000 / 64), round(122 * 50000 / 64)
+    assert (b1, b2) == (63281, 95312)
+    np.testing.assert_allclose(lr_at(config, [0, b1 - 1, b1, b2 - 1, b2]), [0.1, 0.1, 0.01, 0.01, 0.001],
+                               rtol=1e-5)
+
+
+def test_cosine_warms_up_then_ends_near_zero():
+    config = schedule_config(schedule="cosine", num_train_steps=1000, warmup_steps=50)
+    start, peak, end = lr_at(config, [0, 50, 1000])
+    assert start == pytest.approx(0.01) and peak == pytest.approx(0.1) and end < 1e-6
+    values = lr_at(config, range(50, 1001, 50))
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_lr_base_batch_scales_linearly():
+    base = schedule_config(warmup_steps=0, lr_base_batch=256, batch_size=256)
+    double = schedule_config(warmup_steps=0, lr_base_batch=256, batch_size=512)
+    assert optim.peak_learning_rate(base) == pytest.approx(0.1)
+    assert optim.peak_learning_rate(double) == pytest.approx(0.2)
+    np.testing.assert_allclose(lr_at(double, [0, 32000]), [0.2, 0.02], rtol=1e-5)
+    assert optim.peak_learning_rate(schedule_config(batch_size=512)) == 0.1  # 0: no scaling
+
+
+def toy_params():
+    return {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "bn": {"scale": jnp.ones((4,)), "bias": jnp.ones((4,))},
+            "fc": {"kernel": jnp.ones((4, 10)), "bias": jnp.ones((10,))}}
+
+
+def one_update(config, grads_value=0.0):
+    params = toy_params()
+    tx = optim.optimizer(config)
+    grads = jax.tree.map(lambda p: jnp.full_like(p, grads_value), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return updates
+
+
+def test_weight_decay_mask_spares_1d_params_when_asked():
+    config = schedule_config(warmup_steps=0, decay_bn_and_bias=False)
+    updates = one_update(config)
+    for path, u in jax.tree_util.tree_leaves_with_path(updates):
+        name = jax.tree_util.keystr(path)
+        if u.ndim > 1:
+            np.testing.assert_allclose(u, -0.1 * 1e-4, rtol=1e-5, err_msg=name)  # -lr * wd * w
+        else:
+            assert not np.any(u), name
+    coupled = one_update(schedule_config(warmup_steps=0))  # default: decay on every parameter
+    assert all(np.all(np.asarray(u) != 0) for u in jax.tree.leaves(coupled))
+
+
+def test_nesterov_switch_changes_the_update():
+    plain = one_update(schedule_config(warmup_steps=0, weight_decay=0.0), 1.0)
+    nesterov = one_update(schedule_config(warmup_steps=0, weight_decay=0.0, nesterov=True), 1.0)
+    np.testing.assert_allclose(plain["fc"]["bias"], -0.1, rtol=1e-6)  # v = g; update -lr v
+    np.testing.assert_allclose(nesterov["fc"]["bias"], -0.1 * 1.9, rtol=1e-6)  # -lr (g + m v)
+    assert not math.isclose(float(plain["conv"]["kernel"][0, 0, 0, 0]), float(nesterov["conv"]["kernel"][0, 0, 0, 0]))
