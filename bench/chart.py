@@ -1,0 +1,115 @@
+"""JSONL benchmark results -> a grouped bar chart of images/s (PNG) and a markdown table.
+
+    python bench/chart.py RESULTS.jsonl [MORE.jsonl ...] --png bench/throughput.png --md table.md
+
+Reads lines of `python -m resnet_v2_jax.benchmark --json` (key `impl`: ours, plain_flax, ...) and of
+the PyTorch peer (`peer`: torch-eager, torch-compile; `img_s`). Lines without a throughput
+(failed, skipped, did-not-finish markers) are listed under the table, never drawn: the chart holds
+only what was measured. Ours with `scan` false is drawn as "ours-unrolled". One bar group per (model, batch, mode), one bar per implementation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def load(paths) -> tuple[list[dict], list[dict]]:
+    rows, missing = [], []
+    for path in paths:
+        for line in Path(path).read_text().splitlines():
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            r = json.loads(line)
+            if "compare" in r:
+                continue
+            ips = r.get("images_per_second", r.get("img_s"))
+            if ips is None:
+                missing.append(r)
+                continue
+            mode = r.get("mode", "train")
+            impl = r.get("impl") or r.get("peer")
+            if impl == "ours" and r.get("scan") is False:
+                impl = "ours-unrolled"
+            rows.append({
+                "impl": impl,
+                "model": r["model"],
+                "batch": r["batch"],
+                "mode": mode,
+                "dtype": r.get("dtype", "bf16-autocast" if "peer" in r else ""),
+                "images_per_second": float(ips),
+                "step_ms": r.get("step_ms"),
+                "compile_s": r.get("compile_s", r.get("warmup_s")),
+                "peak_gib": (r["peak_bytes_in_use"] / 2**30 if r.get("peak_bytes_in_use") else r.get("peak_gib")),
+                "device": r.get("device_kind", ""),
+            })
+    return rows, missing
+
+
+def markdown(rows, missing) -> str:
+    lines = ["| model | batch | mode | implementation | dtype | step (ms) | images/s | compile or warm-up (s) "
+             "| peak memory (GiB) | device |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["mode"], r["impl"])):
+        mem = "" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}"
+        comp = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+        step = "" if r["step_ms"] is None else f"{r['step_ms']:.1f}"
+        lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['impl']} | {r['dtype']} | {step} | "
+                     f"{r['images_per_second']:.1f} | {comp} | {mem} | {r['device']} |")
+    for r in missing:
+        lines.append(f"\nNot measured: {json.dumps(r)}")
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows, png: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["batch"], r["mode"]) for r in rows})
+    impls = sorted({r["impl"] for r in rows}, key=lambda i: (i != "ours", i))
+    value = {(r["model"], r["batch"], r["mode"], r["impl"]): r["images_per_second"] for r in rows}
+    width = 0.8 / max(1, len(impls))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4.5))
+    for k, impl in enumerate(impls):
+        xs, ys = [], []
+        for g, group in enumerate(groups):
+            if group + (impl,) in value:
+                xs.append(g + (k - (len(impls) - 1) / 2) * width)
+                ys.append(value[group + (impl,)])
+        bars = ax.bar(xs, ys, width, label=impl)
+        ax.bar_label(bars, fmt="%.3g", fontsize=7)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{m}\nbatch {b}" + ("" if mode == "train" else f"\n{mode}") for m, b, mode in groups])
+    ax.set_ylabel("images / second (higher is better)")
+    import textwrap
+
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("results", nargs="+")
+    p.add_argument("--png", default="bench/throughput.png")
+    p.add_argument("--md", default="")
+    p.add_argument("--title", default="training step throughput")
+    p.add_argument("--models", default="", help="comma-separated model names to draw (default: all)")
+    a = p.parse_args()
+    rows, missing = load(a.results)
+    if a.models:
+        rows = [r for r in rows if r["model"] in a.models.split(",")]
+    table = markdown(rows, missing)
+    if a.md:
+        Path(a.md).write_text(table)
+    print(table)
+    if rows:
+        chart(rows, a.png, a.title)
+
+
+if __name__ == "__main__":
+    main()

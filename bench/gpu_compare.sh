@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# One device call (< 8 minutes on one H100/H200): our bf16 training step and the PyTorch peer on the
+# same models, JSONL to $OUT/ours.jsonl and $OUT/peer.jsonl, then $OUT/throughput.png and $OUT/table.md.
+#
+# Before the call, here (see BENCHMARKS.md "GPU run"): the ml-collections wheel in .whl/ and
+# ../shared/bench/peer_torch.py copied to .bench/ (both git-ignored); the call carries them:
+#   run(command="bash bench/gpu_compare.sh", carry=[".whl", ".bench"], timeout_s=540)
+# Each command has its own timeout, so one slow or failing model never costs the others.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_compare_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  && export PYTHONPATH=/tmp/site:${PYTHONPATH:-} || { echo "wheel install failed" >&2; exit 1; }
+PEAK=${PEAK_TFLOPS:-989}  # H100/H200 SXM dense bf16 peak, spec sheet; the matmul seen here ran ~790
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
+
+DEADLINE=${DEADLINE_S:-450}  # seconds for everything below: the whole call stays under 8 minutes
+budget() {  # budget WANTED: the seconds this command may take, 0 when the deadline leaves under 20
+  local left=$((DEADLINE - SECONDS)); [ "$left" -lt 20 ] && { echo 0; return; }
+  [ "$1" -lt "$left" ] && echo "$1" || echo "$left"
+}
+ours() {  # ours TIMEOUT_S ARGS...: one JSON line per run into ours.jsonl, a failure marker otherwise
+  local t; t=$(budget "$1"); shift
+  [ "$t" -eq 0 ] && { echo "{\"impl\": \"ours\", \"skipped\": \"$*\"}" >>"$OUT/ours.jsonl"; return; }
+  echo "+ ours $*" | tee -a "$OUT/log.txt"
+  timeout "$t" python3 -m resnet_v2_jax.benchmark --json --peak_tflops="$PEAK" --config.model.dtype=bfloat16 \
+    "$@" >>"$OUT/ours.jsonl" 2>>"$OUT/log.txt" || echo "{\"impl\": \"ours\", \"failed\": \"$*\"}" >>"$OUT/ours.jsonl"
+}
+peer() {  # peer TIMEOUT_S MODEL BATCH STEPS MODE
+  local t; t=$(budget "$1"); shift
+  [ "$t" -eq 0 ] && { echo "{\"peer\": \"torch\", \"skipped\": \"$*\"}" >>"$OUT/peer.jsonl"; return; }
+  echo "+ peer $*" | tee -a "$OUT/log.txt"
+  timeout "$t" python3 .bench/peer_torch.py "$@" >>"$OUT/peer.jsonl" 2>>"$OUT/log.txt" \
+    || echo "{\"peer\": \"torch\", \"failed\": \"$*\"}" >>"$OUT/peer.jsonl"
+}
+
+# Ours (bf16). The first cifar1001 run also gives the compile time at batch 64 on the GPU.
+ours 90  --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3
+ours 60  --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3
+ours 60  --config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3
+ours 90  --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3
+ours 90  --config=experiments/cifar1001_b128.py --config.batch_size=128 --steps=10 --warmup=2
+ours 120 --config=experiments/imagenet_resnet200.py --config.batch_size=128 --steps=10 --warmup=2
+# PyTorch peer (bf16 autocast, channels_last), eager, on the same models and batches.
+peer 60 in50 256 20 eager
+peer 60 cifar110 128 30 eager
+peer 60 cifar164 128 30 eager
+peer 60 cifar1001 64 10 eager
+peer 60 cifar1001 128 10 eager
+peer 60 in200 128 10 eager
+# Then, while the deadline allows: the plain jit Flax reference (the issue's goal) and torch.compile.
+ours 90 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --baseline
+peer 120 in50 256 20 compile
+peer 120 cifar110 128 30 compile
+
+python3 bench/chart.py "$OUT/ours.jsonl" "$OUT/peer.jsonl" --png "$OUT/throughput.png" --md "$OUT/table.md" \
+  --title "bf16 training step, $(head -1 "$OUT/gpu.txt" | cut -d, -f1)" || true
+cat "$OUT/table.md" 2>/dev/null

@@ -1,0 +1,302 @@
+"""`python -m resnet_v2_jax.benchmark --config=experiments/X.py [--steps=N] [--json]`: step speed.
+
+Times the real training step of `step.compile_steps` (forward, backward, SGD update, BN
+statistics, the NaN guard; the state donated and replicated, the batch sharded over every device
+of `step.make_mesh()`) on `step.synthetic_batch` data made on the devices. The dataset is forced to
+`synthetic` at the experiment's image size (32 for the CIFAR family, 224 for ImageNet), so no
+TensorFlow, TFDS or data is needed. `--eval` times `eval_step` instead.
+
+Timing: `compile_s` is the ahead-of-time `lower(...).compile()` of the step (tracing + XLA),
+`first_step_s` the first call after it. Then `--warmup` untimed steps and `--steps` timed steps,
+each step blocked on (`jax.block_until_ready` of the new state and metrics) before the clock
+stops: `step_ms` is the median, with min and max, of those per-step times. Blocking each step
+costs one host round trip per step (the next step is not queued while one runs) and gives the
+distribution; `--timing=loop` instead runs the steps back to back with one block at the end
+and reports their mean (min = max = mean).
+
+Throughput: `images_per_second` = batch / step time; model TFLOP/s counts 6 x forward
+multiply-adds per image for training (2 for the forward pass, 4 for the backward) and 2 x for
+`--eval`, from `summary.analyse`; `--peak_tflops` adds the fraction of that peak.
+
+`--baseline` times `bench/plain_flax.py` (the plain jit-compiled Flax ResNet of the same network)
+the same way; `--compare` compiles ours and the baseline in one process, then alternates their timed steps
+(A B A B ...: a load change on a shared machine hits both alike) and ends with a line saying
+whether ours is no slower. `--xla_gpu_perf_flags` (opt-in, GPU only, unmeasured here)
+adds the latency-hiding scheduler flag that JAX's GPU performance tips recommend.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+from absl import flags, logging
+
+from resnet_v2_jax import config as config_lib
+from resnet_v2_jax import step as step_lib
+from resnet_v2_jax import summary
+
+# Documented in JAX's "GPU performance tips"; it helps overlap communication with compute on
+# several GPUs. Not measured in this project yet: opt-in only (--xla_gpu_perf_flags).
+XLA_GPU_PERF_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
+
+KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "dtype", "scan", "remat",
+        "params", "macs_per_image", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
+        "step_ms_min", "step_ms_max", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use",
+        "device_kind", "num_devices", "jax_version", "loss", "date")
+
+PLAIN_FLAX_PATH = Path(__file__).resolve().parents[1] / "bench" / "plain_flax.py"
+
+
+def prepare(config):
+    """The config forced to synthetic data at the family's image size; ValueError if invalid."""
+    config_lib.validate_model(config.model)
+    config.dataset = "synthetic"
+    config.image_size = config.image_size or (224 if config.model.family == "imagenet" else 32)
+    config_lib.validate(config, num_devices=len(jax.devices()))
+    return config
+
+
+def model_name(config) -> str:
+    """cifar110, cifar1001, in50, ...: the names bench/peer_torch.py uses."""
+    return ("in" if config.model.family == "imagenet" else "cifar") + str(config.model.depth)
+
+
+def load_plain_flax():
+    if "plain_flax" in sys.modules:
+        return sys.modules["plain_flax"]
+    spec = importlib.util.spec_from_file_location("plain_flax", PLAIN_FLAX_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["plain_flax"] = module  # flax modules are dataclasses: their module must be importable
+    spec.loader.exec_module(module)
+    return module
+
+
+class Runner:
+    """One compiled step and its state: `compile_s` at construction, then `step()` per blocked call."""
+
+    def __init__(self, fn, state, batch, donates: bool = True, extra=()):
+        self.state, self.batch, self.donates, self.extra = state, batch, donates, extra
+        t0 = time.perf_counter()
+        self.compiled = fn.lower(state, batch, *extra).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.metrics = None
+
+    def call(self):
+        out = self.compiled(self.state, self.batch, *self.extra)
+        if self.donates:
+            self.state, self.metrics = out
+        else:
+            self.metrics = out
+
+    def step(self) -> float:
+        """Seconds of one call, blocked on the new state and metrics."""
+        t0 = time.perf_counter()
+        self.call()
+        jax.block_until_ready((self.state, self.metrics))
+        return time.perf_counter() - t0
+
+    def loop(self, steps: int) -> float:
+        """Mean seconds per step of `steps` calls with one block at the end."""
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            self.call()
+        jax.block_until_ready((self.state, self.metrics))
+        return (time.perf_counter() - t0) / steps
+
+
+def time_runners(runners, steps: int, warmup: int, timing: str = "step"):
+    """(first-call seconds, per-step seconds) for each runner. With several runners the timed steps
+    alternate between them (A B A B ...), so a load change on a shared machine hits both alike."""
+    firsts = [r.step() for r in runners]
+    for _ in range(warmup):
+        for r in runners:
+            r.step()
+    times = [[] for _ in runners]
+    if timing == "loop":
+        for i, r in enumerate(runners):
+            times[i] = [r.loop(steps)] * steps
+    else:
+        for _ in range(steps):
+            for i, r in enumerate(runners):
+                times[i].append(r.step())
+    return firsts, times
+
+
+def _peak_bytes():
+    peaks = []
+    for d in jax.local_devices():
+        try:
+            stats = d.memory_stats()
+        except Exception:  # noqa: BLE001 - backends without memory stats raise or return None
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
+
+
+def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int = 0):
+    """(Runner, description) for one configuration: state, on-device batch, compiled step."""
+    config = prepare(config)
+    batch_size = config.batch_size
+    image_shape = (config.image_size, config.image_size, 3)
+    analysis = summary.analyse(config)
+    mesh = step_lib.make_mesh()
+    if baseline:
+        plain = load_plain_flax()
+        state, train_fn, eval_fn = plain.make(config, image_shape, seed)
+        batch = {
+            "image": jax.random.normal(jax.random.PRNGKey(seed), (batch_size,) + image_shape, jnp.float32),
+            "label": jax.random.randint(jax.random.PRNGKey(seed + 1), (batch_size,), 0,
+                                        config.model.num_classes, jnp.int32),
+        }
+        params = plain.param_count(config, image_shape)
+        extra = ()
+    else:
+        task = step_lib.make_task(config, image_shape)
+        state = step_lib.init_state(task, seed, mesh)
+        batch = step_lib.synthetic_batch(task, mesh, batch_size, seed)
+        train_fn, eval_fn = step_lib.compile_steps(task, mesh)
+        if eval_mode:
+            batch = dict(batch, mask=jax.device_put(jnp.ones((batch_size,), jnp.float32),
+                                                    step_lib.batch_sharding(mesh)))
+        params = analysis["params"]
+        extra = () if eval_mode else (None,)  # train_step's train_images: none, the batch holds images
+    runner = Runner(eval_fn if eval_mode else train_fn, state, batch, donates=not eval_mode, extra=extra)
+    desc = {
+        "impl": "plain_flax" if baseline else "ours",
+        "mode": "eval" if eval_mode else "train",
+        "model": model_name(config),
+        "experiment": config.experiment,
+        "family": config.model.family,
+        "depth": config.model.depth,
+        "block": config.model.block,
+        "batch": batch_size,
+        "dtype": config.model.dtype,
+        "scan": bool(config.model.scan) and not baseline,
+        "remat": bool(config.model.remat) and not baseline,
+        "params": params,
+        "macs_per_image": analysis["macs"],
+    }
+    return runner, desc
+
+
+def result(runner: Runner, desc: dict, first: float, times: list[float], warmup: int, timing: str,
+           peak_tflops: float = 0.0) -> dict:
+    step_s = statistics.median(times)
+    batch_size = desc["batch"]
+    flops = (2 if desc["mode"] == "eval" else 6) * desc["macs_per_image"] * batch_size
+    tflops = flops / step_s / 1e12
+    loss = (runner.metrics or {}).get("loss")
+    return dict(desc, **{
+        "compile_s": round(runner.compile_s, 3),
+        "first_step_s": round(first, 3),
+        "timing": "median of per-step blocked steps" if timing == "step" else "mean of an unblocked loop",
+        "steps": len(times),
+        "warmup": warmup,
+        "step_ms": round(step_s * 1e3, 3),
+        "step_ms_min": round(min(times) * 1e3, 3),
+        "step_ms_max": round(max(times) * 1e3, 3),
+        "images_per_second": round(batch_size / step_s, 2),
+        "tflops": round(tflops, 6),
+        "peak_fraction": round(tflops / peak_tflops, 6) if peak_tflops else None,
+        "peak_bytes_in_use": _peak_bytes(),
+        "device_kind": jax.devices()[0].device_kind,
+        "num_devices": len(jax.devices()),
+        "jax_version": jax.__version__,
+        "loss": None if loss is None else float(loss),
+        "date": datetime.date.today().isoformat(),
+    })
+
+
+def run(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, baseline: bool = False,
+        peak_tflops: float = 0.0, timing: str = "step", seed: int = 0) -> dict:
+    """Times one configuration; returns the result dict (the KEYS above)."""
+    runner, desc = setup(config, eval_mode=eval_mode, baseline=baseline, seed=seed)
+    (first,), (times,) = time_runners([runner], steps, warmup, timing)
+    return result(runner, desc, first, times, warmup, timing, peak_tflops)
+
+
+def compare(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, peak_tflops: float = 0.0,
+            timing: str = "step", seed: int = 0) -> list[dict]:
+    """Ours and the plain Flax baseline, compiled one after the other, timed with alternating steps."""
+    pairs = [setup(config.copy_and_resolve_references(), eval_mode=eval_mode, baseline=b, seed=seed)
+             for b in (False, True)]
+    firsts, times = time_runners([r for r, _ in pairs], steps, warmup, timing)
+    # Peak memory is per process: with both in one process it is the larger of the two.
+    return [result(r, d, f, t, warmup, timing, peak_tflops) for (r, d), f, t in zip(pairs, firsts, times)]
+
+
+def format_result(r: dict) -> str:
+    mem = "n/a" if r["peak_bytes_in_use"] is None else f"{r['peak_bytes_in_use'] / 2**30:.2f} GiB"
+    peak = f" ({100 * r['peak_fraction']:.1f}% of peak)" if r["peak_fraction"] is not None else ""
+    return (f"{r['impl']} {r['mode']} {r['model']} ({r['experiment']}) batch {r['batch']} {r['dtype']} "
+            f"scan={r['scan']} on {r['num_devices']} x {r['device_kind']}, JAX {r['jax_version']}\n"
+            f"  compile {r['compile_s']:.2f} s, first step {r['first_step_s']:.3f} s\n"
+            f"  step {r['step_ms']:.2f} ms median (min {r['step_ms_min']:.2f}, max {r['step_ms_max']:.2f}; "
+            f"{r['steps']} steps after {r['warmup']} warm-up)\n"
+            f"  {r['images_per_second']:.1f} images/s, {r['tflops']:.4f} model TFLOP/s{peak}, peak memory {mem}")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    f = flags.FLAGS
+    if f.xla_gpu_perf_flags:
+        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *XLA_GPU_PERF_FLAGS]).strip()
+    if f.steps < 1 or f.warmup < 0:
+        print("error: --steps must be >= 1 and --warmup >= 0", file=sys.stderr)
+        sys.exit(2)
+    kwargs = dict(steps=f.steps, warmup=f.warmup, eval_mode=f.eval, peak_tflops=f.peak_tflops,
+                  timing=f.timing)
+    try:
+        results = compare(f.config, **kwargs) if f.compare else [run(f.config, baseline=f.baseline, **kwargs)]
+    except ValueError as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(2)
+    for r in results:
+        print(json.dumps(r) if f.json else format_result(r), flush=True)
+    if f.compare:
+        ours, plain = results
+        verdict = {"compare": ours["model"], "batch": ours["batch"], "ours_step_ms": ours["step_ms"],
+                   "plain_flax_step_ms": plain["step_ms"], "ratio": round(ours["step_ms"] / plain["step_ms"], 3),
+                   "no_slower": ours["step_ms"] <= plain["step_ms"]}
+        print(json.dumps(verdict) if f.json else
+              f"ours / plain Flax step time = {verdict['ratio']:.3f} "
+              f"({'no slower' if verdict['no_slower'] else 'SLOWER'})")
+
+
+def define_flags() -> None:
+    from resnet_v2_jax import cli
+
+    cli.define_config_flag()
+    flags.DEFINE_integer("steps", 10, "Timed steps (median reported).")
+    flags.DEFINE_integer("warmup", 2, "Untimed steps after the first call.")
+    flags.DEFINE_bool("json", False, "Print one JSON object per run instead of text.")
+    flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for the dtype; adds peak_fraction.")
+    flags.DEFINE_bool("eval", False, "Time the inference step (eval_step) instead of the training step.")
+    flags.DEFINE_bool("baseline", False, "Time the plain jit Flax ResNet of bench/plain_flax.py instead.")
+    flags.DEFINE_bool("compare", False, "Time ours, then the plain Flax baseline, and compare.")
+    flags.DEFINE_enum("timing", "step", ["step", "loop"], "step: block each step, median; loop: one block.")
+    flags.DEFINE_bool("xla_gpu_perf_flags", False, "Opt-in XLA GPU flags (latency-hiding scheduler); unmeasured.")
+
+
+def cli_main(argv=None) -> None:
+    from resnet_v2_jax import cli
+
+    define_flags()
+    if argv is not None:
+        sys.argv = list(argv)
+    cli.run(main)
+
+
+if __name__ == "__main__":
+    cli_main()

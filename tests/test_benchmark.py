@@ -1,0 +1,121 @@
+"""The benchmark CLI on a tiny network: one JSON object with the documented keys and consistent values,
+no TensorFlow imported, `--eval` and the plain Flax baseline, and a bad config as a usage error."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from resnet_v2_jax import benchmark, summary
+from resnet_v2_jax import config as config_lib
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--config=experiments/cifar10_resnet110.py", "--config.model.depth=8", "--config.batch_size=8",
+        "--steps=2", "--warmup=1", "--json"]
+# The CLI as `python -m resnet_v2_jax.benchmark` runs it; at exit it says whether TensorFlow was imported.
+PROBE = ("import atexit, sys; atexit.register(lambda: print('TF_LOADED', 'tensorflow' in sys.modules)); "
+         "from resnet_v2_jax import benchmark; benchmark.cli_main()")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def json_lines(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+
+
+def tiny_macs() -> int:
+    c = config_lib.default()
+    c.model.depth, c.model.block, c.model.shortcut_type = 8, "basic", "A"  # as cifar10_resnet110
+    c.dataset, c.image_size = "synthetic", 32
+    return summary.analyse(c)["macs"]
+
+
+def check_result(r: dict, mode: str) -> None:
+    assert set(benchmark.KEYS) <= set(r)
+    assert r["mode"] == mode and r["batch"] == 8 and r["model"] == "cifar8" and r["depth"] == 8
+    assert r["compile_s"] > 0 and r["step_ms"] > 0
+    assert r["step_ms_min"] <= r["step_ms"] <= r["step_ms_max"]
+    assert r["images_per_second"] == pytest.approx(8 / (r["step_ms"] / 1000), rel=1e-3)
+    factor = 6 if mode == "train" else 2
+    assert r["macs_per_image"] == tiny_macs()
+    assert r["tflops"] == pytest.approx(factor * r["macs_per_image"] * 8 / (r["step_ms"] / 1000) / 1e12, rel=1e-3)
+    assert r["jax_version"] and r["device_kind"] and r["num_devices"] >= 1
+    assert r["dtype"] == "float32" and r["date"]
+
+
+def test_train_step_json_and_no_tensorflow():
+    p = run_cli(*TINY, "--peak_tflops=1.0")
+    assert p.returncode == 0, p.stderr
+    (r,) = json_lines(p.stdout)
+    check_result(r, "train")
+    assert r["impl"] == "ours" and r["scan"] is True
+    assert r["peak_fraction"] == pytest.approx(r["tflops"] / 1.0, rel=1e-3)
+    assert r["loss"] is not None and r["loss"] == r["loss"]  # finite, not NaN
+    assert "TF_LOADED False" in p.stdout
+
+
+def tiny_config():
+    c = _load("cifar10_resnet110")
+    c.model.depth, c.batch_size = 8, 8
+    return c
+
+
+def test_eval_step():
+    check_result(benchmark.run(tiny_config(), steps=2, warmup=0, eval_mode=True), "eval")
+
+
+def test_compare_with_the_plain_flax_baseline():
+    ours, plain = benchmark.compare(tiny_config(), steps=2, warmup=0)
+    check_result(ours, "train")
+    check_result(plain, "train")
+    assert ours["impl"] == "ours" and plain["impl"] == "plain_flax" and plain["params"] == ours["params"]
+
+
+@pytest.mark.parametrize("name, overrides", [
+    ("cifar10_resnet110", {}),  # basic units, option A shortcuts
+    ("cifar10_resnet164", {}),  # bottleneck units, option B projections
+    ("cifar1001", {"model.depth": 164}),  # stride on the first 1x1, as resnet-1k-layers
+    ("imagenet_resnet50", {}),
+])
+def test_plain_flax_is_the_same_network(name, overrides):
+    """The same architecture, so the same parameter count as summary.analyse counts for ours."""
+    c = _load(name)
+    for k, v in overrides.items():
+        c.model[k.split(".")[1]] = v
+    c = benchmark.prepare(c)
+    plain = benchmark.load_plain_flax()
+    assert plain.param_count(c, (c.image_size, c.image_size, 3)) == summary.analyse(c)["params"]
+
+
+def _load(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+BAD = [
+    ["--config=experiments/cifar10_resnet110.py", "--config.model.depth=9"],
+    ["--config=experiments/cifar10_resnet110.py", "--config.model.unit=nope"],
+    ["--config=experiments/no_such.py"],
+    ["--config=experiments/cifar10_resnet110.py", "--config.no_such_field=1"],
+    ["--config=experiments/cifar10_resnet110.py", "--steps=0"],
+]
+
+
+def test_bad_config_is_a_usage_error():
+    procs = [subprocess.Popen([sys.executable, "-c", PROBE, *args, "--json"], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for args in BAD]
+    for args, p in zip(BAD, procs):
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 2, (args, out, err)
+        assert err.strip().startswith("error:") and "Traceback" not in err, (args, err)
