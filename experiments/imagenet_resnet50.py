@@ -7,25 +7,4 @@ from resnet_v2_jax import config as config_lib
 
 
 def get_config():
-    c = config_lib.default()
-    c.experiment = "imagenet_resnet50"
-    c.paper_error = -1.0
-    c.dataset = "imagenet2012"
-    c.model.family = "imagenet"
-    c.model.depth = 50
-    c.model.block = "bottleneck"
-    c.model.num_classes = 1000
-    c.model.dtype = "bfloat16"
-    c.imagenet_augment = "inception"
-    c.imagenet_eval_size = 224
-    c.batch_size = 256
-    c.eval_batch_size = 250
-    c.learning_rate = 0.1
-    c.lr_base_batch = 256  # linear scaling: lr 0.1 per 256 images
-    c.schedule = "epochs_step"
-    c.lr_boundaries = (30, 60)
-    c.warmup_steps = 0
-    c.num_train_steps = 90 * 1281167 // 256  # 90 epochs (fb.resnet.torch)
-    c.eval_every_steps = 5000
-    c.checkpoint_every_steps = 2500
-    return c
+    return config_lib.imagenet(50, -1.0, "inception", 224)

@@ -117,6 +117,24 @@ def default() -> ml_collections.ConfigDict:
     return c
 
 
+def imagenet(depth: int, paper_error: float, augment: str, eval_size: int) -> ml_collections.ConfigDict:
+    """The fb.resnet.torch ImageNet recipe (batch 256, lr 0.1 /10 at epochs 30 and 60, 90 epochs)."""
+    c = default()
+    c.experiment = f"imagenet_resnet{depth}"
+    c.paper_error = paper_error
+    c.dataset = "imagenet2012"
+    c.model.family, c.model.depth, c.model.num_classes = "imagenet", depth, 1000
+    c.model.block = IMAGENET_STAGES[depth][0]
+    c.model.dtype = "bfloat16"
+    c.imagenet_augment, c.imagenet_eval_size = augment, eval_size
+    c.batch_size, c.eval_batch_size = 256, 250
+    c.lr_base_batch = 256  # linear scaling: lr 0.1 per 256 images
+    c.schedule, c.lr_boundaries, c.warmup_steps = "epochs_step", (30, 60), 0
+    c.num_train_steps = 90 * DATASET_INFO["imagenet2012"]["num_train"] // 256
+    c.eval_every_steps, c.checkpoint_every_steps = 5000, 2500
+    return c
+
+
 def _choice(name: str, value, valid) -> None:
     if value not in valid:
         raise ValueError(f"{name}={value!r} is not valid; choose one of {', '.join(map(str, valid))}")
