@@ -6,7 +6,7 @@ is a global array sharded along its first axis over every device of every proces
 the batch then become cross-device reductions that XLA inserts, so they cover the global batch
 (or `bn_group_size` groups) exactly as on one device.
 
-A non-finite loss or gradient never reaches the parameters: the step keeps the previous state
+A non-finite loss, gradient or update never reaches the parameters: the step keeps the previous state
 and records the first bad step in `nan_step`, which the host reads at its next log point.
 """
 
@@ -24,7 +24,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_v2_jax import networks, optim
+from resnet_v2_jax import augment, networks, optim
 
 
 @flax.struct.dataclass
@@ -62,11 +62,11 @@ class Task:
     augment: bool = False  # pad-crop-flip on device (augment_on_device)
 
 
-def make_task(config, image_shape, norm=None) -> Task:
+def make_task(config, image_shape, norm=None, device_augment: bool = False) -> Task:
+    """`device_augment`: the pipeline hands out row indices and the step pad-crop-flips on device."""
     model = networks.build(config.model, bn_group_size=config.bn_group_size)
     return Task(model, optim.optimizer(config), tuple(image_shape), config.model.num_classes,
-                None if norm is None else tuple(np.asarray(a, np.float32) for a in norm),
-                bool(config.augment_on_device and config.augment and config.dataset.startswith("cifar")))
+                None if norm is None else tuple(np.asarray(a, np.float32) for a in norm), device_augment)
 
 
 def create_state(task: Task, seed: int) -> TrainState:
@@ -96,8 +96,6 @@ def _images(task: Task, batch, rng, train_images=None):
     """The float images of a batch: given, or gathered from on-device data and augmented."""
     if "index" not in batch:
         return batch["image"]
-    from resnet_v2_jax import augment
-
     images = train_images[batch["index"]]
     if task.augment:
         images = augment.pad_crop_flip(rng, images)
@@ -121,9 +119,10 @@ def train_step(task: Task, state: TrainState, batch, train_images=None):
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.global_norm(grads)
     updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
-    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                        batch_stats=batch_stats, opt_state=opt_state)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    params = optax.apply_updates(state.params, updates)
+    new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+    # A finite gradient times an absurd learning rate can still overflow the parameters.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(params))
     ok = finite & (state.nan_step < 0)
     new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
     new = new.replace(nan_step=jnp.where(finite | (state.nan_step >= 0), state.nan_step, state.step))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -152,7 +153,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     config_lib.validate(config, num_devices=jax.device_count())
     if config.dataset == "synthetic" and config.augment_on_device:
         raise ValueError("augment_on_device applies to cifar10/cifar100 only, not to dataset='synthetic'")
-    workdir = epath.Path(workdir)
+    # Orbax needs absolute paths; gs:// and other URLs already are.
+    workdir = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
     # Everything that can reject the run comes before the first write to the workdir: the
     # config, the data (a missing dataset names its preparation steps), then the probe write,
     # then another run's checkpoints (read-only: they are refused, never overwritten).
@@ -168,11 +170,15 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     is_lead = jax.process_index() == 0
     checkpointer = ckpt_lib.Checkpointer(workdir, config, config.collective_timeout_s)
     checkpointer.check_compatible()
+    steps = checkpointer.steps()
+    if steps and steps[-1] >= config.num_train_steps and (workdir / "results.json").exists():
+        if is_lead:
+            print(f"{workdir} already holds a finished run ({steps[-1]} steps); nothing to do", flush=True)
+        checkpointer.close()
+        return json.loads((workdir / "results.json").read_text())
     shape = image_shape(config, data)
-    task = step_lib.make_task(config, shape, None if data is None else data.norm)
-    if data is not None:
-        task = step_lib.Task(task.model, task.tx, task.image_shape, task.num_classes, task.norm,
-                             bool(data.device_augment))
+    task = step_lib.make_task(config, shape, None if data is None else data.norm,
+                              data is not None and bool(data.device_augment))
     mesh = step_lib.make_mesh()
     rep = step_lib.replicated(mesh)
 
@@ -185,8 +191,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         logging.info("starting from scratch")
     elif is_lead:
         print(f"resumed from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
-    _, eval_fn = step_lib.compile_steps(task, mesh)
-    train_fn = _compile_guarded_train_step(task, mesh)
+    train_fn, eval_fn = step_lib.compile_steps(task, mesh)
     train_images = None
     if data is not None and data.train_arrays is not None:
         train_images = jax.device_put(data.train_arrays["image"], rep)
@@ -283,26 +288,6 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         finally:
             checkpointer.close()
     return _write_results(workdir, is_lead, config, status, message, step, step - start, train_seconds, best, last_eval)
-
-
-def _compile_guarded_train_step(task, mesh):
-    """`step.train_step`, plus: an update that makes a parameter non-finite counts as a NaN step.
-
-    The step itself rejects a non-finite loss or gradient; a finite gradient times an absurd
-    learning rate can still overflow the parameters (lr=1e40 is inf in float32), which would
-    then be taken as the "last good" state. Here such an update is rejected the same way: the
-    previous state is kept and `nan_step` records the step.
-    """
-    import optax
-
-    def guarded(state, batch, train_images):
-        new, metrics = step_lib.train_step(task, state, batch, train_images)
-        bad = ~jnp.isfinite(optax.global_norm(new.params)) & (new.nan_step < 0)
-        kept = jax.tree.map(lambda n, o: jnp.where(bad, o, n), new, state)
-        return kept.replace(nan_step=jnp.where(bad, state.step, kept.nan_step)), metrics
-
-    rep, data = step_lib.replicated(mesh), step_lib.batch_sharding(mesh)
-    return jax.jit(guarded, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
 
 
 def _save(checkpointer, step, state, force):

@@ -229,21 +229,22 @@ def tiny_synthetic(**overrides):
 def test_rollback_skips_one_bad_batch_and_continues(tmp_path, monkeypatch):
     import jax.numpy as jnp
 
+    from resnet_v2_jax import step as step_lib
     from resnet_v2_jax import train
 
-    compile_guarded = train._compile_guarded_train_step
+    compile_steps = step_lib.compile_steps
 
     def poisoned(task, mesh):
-        fn, calls = compile_guarded(task, mesh), [0]
+        (fn, eval_fn), calls = compile_steps(task, mesh), [0]
 
         def step(state, batch, images):
             calls[0] += 1
             if calls[0] == 6:  # the 6th call is step 5
                 batch = dict(batch, image=batch["image"] * jnp.inf)
             return fn(state, batch, images)
-        return step
+        return step, eval_fn
 
-    monkeypatch.setattr(train, "_compile_guarded_train_step", poisoned)
+    monkeypatch.setattr(step_lib, "compile_steps", poisoned)
     results = train.train_and_evaluate(tiny_synthetic(nan_policy="rollback"), str(tmp_path / "w"))
     assert results["status"] == "ok" and results["steps"] == 12
     assert complete_steps(tmp_path / "w") == [4, 8, 12]  # step 8's save came after the rollback
@@ -336,3 +337,18 @@ def test_a_missing_process_fails_within_the_init_timeout(tmp_path):
     assert "error: not all of the 2 processes at 127.0.0.1:" in out and "joined within" in out, out[-3000:]
     assert time.time() - t < 90
     assert not (tmp_path / "mp").exists()
+
+
+def test_relative_workdir_and_rerunning_a_finished_run(tmp_path, monkeypatch, capsys):
+    """README's quick start passes a relative --workdir (Orbax needs absolute paths); running a
+    finished run again returns its results.json unchanged instead of training or clobbering it."""
+    from resnet_v2_jax import train
+
+    monkeypatch.chdir(tmp_path)
+    first = train.train_and_evaluate(tiny_synthetic(), "relative/work")
+    assert first["status"] == "ok" and (tmp_path / "relative/work/results.json").exists()
+    before = (tmp_path / "relative/work/results.json").read_text()
+    again = train.train_and_evaluate(tiny_synthetic(), "relative/work")
+    assert again == json.loads(before)
+    assert (tmp_path / "relative/work/results.json").read_text() == before
+    assert "already holds a finished run (12 steps)" in capsys.readouterr().out
