@@ -55,7 +55,7 @@ def test_train_step_json_and_no_tensorflow():
     assert p.returncode == 0, p.stderr
     (r,) = json_lines(p.stdout)
     check_result(r, "train")
-    assert r["impl"] == "ours" and r["scan"] is True
+    assert r["impl"] == "ours" and r["scan"] is False  # cifar10_resnet110.py runs unrolled
     assert r["peak_fraction"] == pytest.approx(r["tflops"] / 1.0, rel=1e-3)
     assert r["loss"] is not None and r["loss"] == r["loss"]  # finite, not NaN
     assert "TF_LOADED False" in p.stdout
