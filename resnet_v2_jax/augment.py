@@ -1,8 +1,10 @@
 """On-device augmentation and normalisation, in pure JAX.
 
-The trainer imports this module on accelerator hosts, so it must not import TensorFlow. The host
-pipeline (`input_pipeline.py`) does the same arithmetic in numpy; the two paths use different
-random streams but the same definitions, so a config can switch `augment_on_device` freely.
+The trainer imports this module on accelerator hosts, so it must not import TensorFlow. For CIFAR
+the host pipeline (`input_pipeline.py`) does the same arithmetic in numpy; the two paths use
+different random streams but the same definitions, so a config can switch `augment_on_device`
+freely. For ImageNet the host crops and mirrors (JPEG decoding is fused with the crop there) and
+the colour part of the inception recipe runs here, on every training batch.
 
 Everything works on the 0..255 pixel scale. Augment first, normalise second: the paper's CIFAR
 code pads the raw image with zeros (black) before normalising, and so does this.
@@ -78,3 +80,56 @@ def pad_crop_flip(rng, images, pad: int = 4):
     """
     offsets, flips = pad_crop_flip_params(rng, images.shape[0], pad)
     return crop_flip(images, offsets, flips, pad)
+
+
+# ----------------------------------------------------------------------------- ImageNet colour
+
+# AlexNet's PCA lighting noise (fb.resnet.torch), eigenvalues on the 0..1 pixel scale.
+EIGVAL = (0.2175, 0.0188, 0.0045)
+EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+
+def _grey(images):
+    return jnp.sum(images * jnp.asarray([0.299, 0.587, 0.114], images.dtype), axis=-1, keepdims=True)
+
+
+def colour_params(rng, n: int, strength: float = 0.4, lighting_std: float = 0.1):
+    """The random part of `colour_lighting`: per image, the three blend factors
+    1 + U(-strength, strength) (brightness, contrast, saturation) and the lighting coefficients
+    N(0, lighting_std)."""
+    alpha_rng, light_rng = jax.random.split(rng)
+    alphas = 1.0 + jax.random.uniform(alpha_rng, (n, 3), jnp.float32, -strength, strength)
+    light = jax.random.normal(light_rng, (n, 3), jnp.float32) * lighting_std
+    return alphas, light
+
+
+def colour_apply(images, alphas, light):
+    """fb.resnet.torch's ColorJitter (brightness, contrast, saturation) then AlexNet PCA Lighting,
+    on float images in 0..255 (no clipping, as in that code).
+
+    Each blend is x -> a*x + (1-a)*P(x): P = 0 (brightness), the image's mean grey (contrast),
+    the pixel's grey (saturation). P is linear and grey weights sum to 1, so each blend keeps the
+    others' P up to its own factor, and the three maps commute: fb.resnet.torch's random order
+    changes nothing (tests/test_imagenet_input.py checks all six orders), so none is drawn.
+    Lighting then adds 255 * EIGVEC @ (light * EIGVAL).
+    """
+    x = images.astype(jnp.float32)
+    a = alphas[:, None, None, :]  # (n, 1, 1, 3)
+    x = x * a[..., 0:1]  # brightness: blend with black
+    mean_grey = jnp.mean(_grey(x), axis=(1, 2, 3), keepdims=True)
+    x = (x - mean_grey) * a[..., 1:2] + mean_grey  # contrast: blend with the mean grey
+    grey = _grey(x)
+    x = (x - grey) * a[..., 2:3] + grey  # saturation: blend with the pixel's grey
+    rgb = (light * jnp.asarray(EIGVAL, jnp.float32)) @ jnp.asarray(EIGVEC, jnp.float32).T  # (n, 3)
+    return x + 255.0 * rgb[:, None, None, :]
+
+
+def colour_lighting(rng, images, strength: float = 0.4, lighting_std: float = 0.1):
+    """The colour part of the fb.resnet.torch ImageNet recipe (`imagenet_augment='inception'`),
+    done on device: the host sends cropped, mirrored uint8 pixels (4x fewer bytes than floats)
+    and skips float work that costs it more than the JPEG decode (BENCHMARKS.md)."""
+    return colour_apply(images, *colour_params(rng, images.shape[0], strength, lighting_std))

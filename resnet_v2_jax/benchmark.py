@@ -40,16 +40,16 @@ import jax
 import jax.numpy as jnp
 from absl import flags, logging
 
+from resnet_v2_jax import augment, summary
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import step as step_lib
-from resnet_v2_jax import summary
 
 # Documented in JAX's "GPU performance tips"; it helps overlap communication with compute on
 # several GPUs. Not measured in this project yet: opt-in only (--xla_gpu_perf_flags).
 XLA_GPU_PERF_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "dtype", "scan", "remat",
-        "params", "macs_per_image", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
+        "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
         "step_ms_min", "step_ms_max", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
@@ -144,7 +144,13 @@ def _peak_bytes():
 
 
 def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int = 0):
-    """(Runner, description) for one configuration: state, on-device batch, compiled step."""
+    """(Runner, description) for one configuration: state, on-device batch, compiled step.
+
+    An ImageNet experiment gets what its real input pipeline hands the step: uint8 pixels that the
+    step normalises (and, for imagenet_augment='inception', colour-jitters and lights) on device.
+    """
+    pixels = config.dataset == "imagenet2012"
+    colour = pixels and config.augment and config.imagenet_augment == "inception" and not eval_mode
     config = prepare(config)
     batch_size = config.batch_size
     image_shape = (config.image_size, config.image_size, 3)
@@ -161,9 +167,10 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         params = plain.param_count(config, image_shape)
         extra = ()
     else:
-        task = step_lib.make_task(config, image_shape)
+        norm = augment.MEAN_STD["imagenet2012"] if pixels else None
+        task = step_lib.make_task(config, image_shape, norm, device_colour=colour)
         state = step_lib.init_state(task, seed, mesh)
-        batch = step_lib.synthetic_batch(task, mesh, batch_size, seed)
+        batch = step_lib.synthetic_batch(task, mesh, batch_size, seed, jnp.uint8 if pixels else jnp.float32)
         train_fn, eval_fn = step_lib.compile_steps(task, mesh)
         if eval_mode:
             batch = dict(batch, mask=jax.device_put(jnp.ones((batch_size,), jnp.float32),
@@ -185,6 +192,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "remat": bool(config.model.remat) and not baseline,
         "params": params,
         "macs_per_image": analysis["macs"],
+        "input": "float32" if baseline or not pixels else "uint8+colour" if colour else "uint8",
     }
     return runner, desc
 

@@ -88,6 +88,7 @@ def default() -> ml_collections.ConfigDict:
     c.imagenet_augment = "scale"
     c.imagenet_eval_size = 224  # 224: centre crop of 256-resized; 320: full 320-resized image
     c.shuffle_buffer = 16384  # ImageNet only: CIFAR and digits are permuted whole in memory
+    c.data_threads = 0  # ImageNet only: tf.data threads per process (0: one per core, tf.data's default)
     c.augment = True  # train-time augmentation (pad-crop-flip for CIFAR; off for a plain check)
 
     c.batch_size = 128  # global, over all devices and hosts
@@ -200,6 +201,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     for name in ("batch_size", "eval_batch_size", "num_train_steps", "learning_rate",
                  "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         _positive(name, config[name])
+    if config.data_threads < 0:
+        raise ValueError(f"data_threads={config.data_threads!r} must be 0 (one per core) or positive")
     if config.bn_group_size < 0:
         raise ValueError(f"bn_group_size={config.bn_group_size!r} must be 0 (global batch) or positive")
     if num_devices is not None:

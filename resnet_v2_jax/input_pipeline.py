@@ -49,13 +49,6 @@ except RuntimeError:  # TF's devices were already initialised by someone else; t
 IN_MEMORY = ("digits", "cifar10", "cifar100")
 PAD = 4  # the paper's CIFAR padding
 
-# AlexNet's PCA lighting noise (fb.resnet.torch), eigenvalues on the 0..1 pixel scale.
-_EIGVAL = (0.2175, 0.0188, 0.0045)
-_EIGVEC = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
 _CIFAR_URL_HOST = "www.cs.toronto.edu"  # where TFDS downloads CIFAR from
 
 
@@ -65,12 +58,15 @@ class Data:
     `norm` is (mean, std) as float32 on the 0..255 scale: mean is per channel, shape (C,), or
     the per-pixel mean image, shape (H, W, C), when `normalization='pixel_mean'`; std is per
     channel (for 'pixel_mean' too: the paper only subtracts the mean image, and dividing by a
-    fixed per-channel constant keeps the inputs at the scale of 'channel'). Batches from this
-    module are already normalised; `norm` is for the trainer's
-    on-device path (`augment.normalize(images, *data.norm)`).
+    fixed per-channel constant keeps the inputs at the scale of 'channel'). digits and CIFAR
+    batches from the host are float32, already normalised; ImageNet batches are uint8 pixels
+    (cropped, resized, mirrored), and the step normalises every uint8 batch on device with
+    `norm` (`augment.normalize`), as it does the rows gathered with `augment_on_device`.
     `eval_image_size` is the side of the test images (ImageNet may evaluate at 320).
     `device_augment` tells the trainer whether to pad-crop-flip the gathered rows on device
-    (True only with `augment_on_device` and `augment`, and never for digits).
+    (True only with `augment_on_device` and `augment`, and never for digits); `device_colour`
+    whether to apply the inception recipe's colour jitter and lighting on device
+    (`augment.colour_lighting`, ImageNet with imagenet_augment='inception').
     """
 
     num_train: int
@@ -82,11 +78,12 @@ class Data:
     train_arrays: dict | None
     norm: tuple
     device_augment: bool = False
+    device_colour: bool = False
 
     def train_batches(self, start_step: int = 0) -> Iterator[dict]:
         """This process's slice of the global batch for steps start_step, start_step+1, ...
 
-        Yields {'image': float32 (B/P, H, W, C), 'label': int32 (B/P,)}, or, with
+        Yields {'image': float32 or uint8 (B/P, H, W, C), 'label': int32 (B/P,)}, or, with
         `augment_on_device`, {'index': int32 (B/P,), 'label': int32 (B/P,)}: rows of
         `train_arrays` to gather, augment (`augment.pad_crop_flip` when `device_augment`, keyed
         on the step) and normalise on device, with their labels.
@@ -308,7 +305,13 @@ def _load_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _ImageNetData(Data):
-    """imagenet2012: per-process shards streamed, decoded and augmented by tf.data."""
+    """imagenet2012: per-process shards streamed, decoded, cropped and mirrored by tf.data.
+
+    Batches are uint8: the normalisation, and the inception recipe's colour jitter and lighting,
+    run on the accelerator (`step._images`). On the host they cost more than the JPEG decode
+    (images per CPU-second ~1070 without them, ~300 with them, BENCHMARKS.md), and floats are
+    4x the bytes to copy and transfer.
+    """
 
     def __init__(self, config, builder, process_index: int, process_count: int):
         if config.augment_on_device:
@@ -333,7 +336,9 @@ class _ImageNetData(Data):
         self._local = config.batch_size // process_count
         self._eval_local = config.eval_batch_size // process_count
         self._shuffle_buffer = config.shuffle_buffer
+        self._threads = config.data_threads
         self._augment = config.imagenet_augment if config.augment else None
+        self.device_colour = self._augment == "inception"
         # Equal shards (remainder dropped) keep every process's epochs the same length.
         self._train_split = tfds.split_for_jax_process(
             "train", process_index=process_index, process_count=process_count, drop_remainder=True
@@ -350,9 +355,18 @@ class _ImageNetData(Data):
         self._eval_split, self._eval_shard = eval_splits[process_index], sizes[process_index]
         self._eval_batches = math.ceil(max(sizes) / self._eval_local)
 
-    def _read(self, split, shuffle_seed: int | None) -> tf.data.Dataset:
+    def _options(self) -> tf.data.Options:
+        """Deterministic order; with `data_threads` a private pool of that many threads, each op
+        single-threaded, so the pipeline uses that many cores (how images/s per core is measured)."""
         options = tf.data.Options()
         options.deterministic = True
+        if self._threads:
+            options.threading.private_threadpool_size = self._threads
+            options.threading.max_intra_op_parallelism = 1
+        return options
+
+    def _read(self, split, shuffle_seed: int | None) -> tf.data.Dataset:
+        options = self._options()
         read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, options=options, try_autocache=False)
         return self._builder.as_dataset(
             split=split,
@@ -380,16 +394,12 @@ class _ImageNetData(Data):
             if mode == "scale":
                 image = scale_augment(image, size, seeds)
             elif mode == "inception":
-                image = inception_augment(image, size, seeds)
+                image = inception_crop(image, size, seeds)
             else:
                 image = centre_crop(image, size, 224 / 256)
-            return {"image": self._normalize(image), "label": tf.cast(ex["label"], tf.int32)}
+            return {"image": image, "label": tf.cast(ex["label"], tf.int32)}
 
         return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-    def _normalize(self, image):
-        mean, std = self.norm
-        return (image - mean) / std
 
     def train_batches(self, start_step: int = 0) -> Iterator[dict]:
         b = self._local
@@ -401,11 +411,11 @@ class _ImageNetData(Data):
                 # Placeholders where the carried rows go, so tf.data batches on the global
                 # grid of batch boundaries; they are overwritten below and never decoded.
                 filler = {
-                    "image": tf.zeros((self.image_size, self.image_size, 3), tf.float32),
+                    "image": tf.zeros((self.image_size, self.image_size, 3), tf.uint8),
                     "label": tf.zeros((), tf.int32),
                 }
                 ds = tf.data.Dataset.from_tensors(filler).repeat(len(carry["label"])).concatenate(ds)
-            for batch in ds.batch(b).prefetch(2).as_numpy_iterator():
+            for batch in ds.batch(b).prefetch(2).with_options(self._options()).as_numpy_iterator():
                 if carry is not None:
                     n = len(carry["label"])
                     batch = {k: np.concatenate([carry[k], batch[k][n:]]) for k in batch}
@@ -421,16 +431,15 @@ class _ImageNetData(Data):
         fraction = 224 / 256 if size == 224 else 1.0  # 320: the whole 320-resized centre square
 
         def example(ex):
-            image = centre_crop(ex["image"], size, fraction)
-            return {"image": self._normalize(image), "label": tf.cast(ex["label"], tf.int32)}
+            return {"image": centre_crop(ex["image"], size, fraction), "label": tf.cast(ex["label"], tf.int32)}
 
         ds = self._read(self._eval_split, None).take(self._eval_shard)
         ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         count = 0
-        for batch in ds.batch(local).prefetch(2).as_numpy_iterator():
+        for batch in ds.batch(local).prefetch(2).with_options(self._options()).as_numpy_iterator():
             yield _pad(batch, local)
             count += 1
-        empty = {"image": np.zeros((0, size, size, 3), np.float32), "label": np.zeros((0,), np.int32)}
+        empty = {"image": np.zeros((0, size, size, 3), np.uint8), "label": np.zeros((0,), np.int32)}
         for _ in range(count, self._eval_batches):
             yield _pad(empty, local)
 
@@ -439,16 +448,18 @@ def _pad(batch: dict, size: int) -> dict:
     n = len(batch["label"])
     pad = size - n
     return {
-        "image": np.concatenate([batch["image"], np.zeros((pad,) + batch["image"].shape[1:], np.float32)]),
+        "image": np.concatenate([batch["image"], np.zeros((pad,) + batch["image"].shape[1:], batch["image"].dtype)]),
         "label": np.concatenate([batch["label"], np.zeros((pad,), np.int32)]),
         "mask": np.concatenate([np.ones((n,), np.float32), np.zeros((pad,), np.float32)]),
     }
 
 
 def _crop_resize(image_bytes, window, size: int):
-    """Decodes only `window` = (row, col, height, width) of the JPEG, resized to size x size."""
+    """Decodes only `window` = (row, col, height, width) of the JPEG, resized to size x size
+    (bilinear) and rounded back to uint8 pixels."""
     image = tf.image.decode_and_crop_jpeg(image_bytes, window, channels=3)
-    return tf.image.resize(image, (size, size), method="bilinear")
+    image = tf.image.resize(image, (size, size), method="bilinear")
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
 
 
 def centre_crop(image_bytes, size: int, fraction: float):
@@ -480,10 +491,11 @@ def scale_augment(image_bytes, size: int, seeds):
     return tf.image.stateless_random_flip_left_right(image, seeds[3])
 
 
-def inception_augment(image_bytes, size: int, seeds):
-    """fb.resnet.torch's ImageNet recipe (used for the paper's ResNet-200): a crop of 8-100% of
-    the area with aspect ratio in [3/4, 4/3] resized to size x size, a random mirror, colour
-    jitter 0.4 (brightness, contrast, saturation in random order) and PCA lighting 0.1."""
+def inception_crop(image_bytes, size: int, seeds):
+    """The geometric part of fb.resnet.torch's ImageNet recipe (used for the paper's ResNet-200):
+    a crop of 8-100% of the area with aspect ratio in [3/4, 4/3] resized to size x size, and a
+    random mirror. Its colour jitter 0.4 and PCA lighting 0.1 follow on device
+    (`augment.colour_lighting`)."""
     begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
         tf.image.extract_jpeg_shape(image_bytes),
         bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
@@ -496,43 +508,4 @@ def inception_augment(image_bytes, size: int, seeds):
     )
     window = tf.stack([begin[0], begin[1], extent[0], extent[1]])
     image = _crop_resize(image_bytes, window, size)
-    image = tf.image.stateless_random_flip_left_right(image, seeds[1])
-    image = _colour_jitter(image, 0.4, seeds[2:6])
-    return _lighting(image, 0.1, seeds[6])
-
-
-def _grey(image):
-    return tf.reduce_sum(image * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
-
-
-def _colour_jitter(image, strength: float, seeds):
-    """Brightness, contrast and saturation blends as in fb.resnet.torch, in a random order."""
-
-    def alpha(seed):
-        return 1.0 + tf.random.stateless_uniform((), seed, -strength, strength)
-
-    ops = (
-        lambda x: x * alpha(seeds[1]),  # brightness: blend with black
-        lambda x: (x - tf.reduce_mean(_grey(x))) * alpha(seeds[2]) + tf.reduce_mean(_grey(x)),
-        lambda x: (x - _grey(x)) * alpha(seeds[3]) + _grey(x),  # saturation: blend with grey
-    )
-    orders = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
-
-    def apply(order):
-        def run():
-            x = image
-            for i in order:
-                x = ops[i](x)
-            return x
-
-        return run
-
-    which = tf.random.stateless_uniform((), seeds[0], 0, len(orders), tf.int32)
-    return tf.switch_case(which, [apply(order) for order in orders])
-
-
-def _lighting(image, std: float, seed):
-    """AlexNet PCA noise: adds eigvec @ (alpha * eigval), alpha ~ N(0, std), per image."""
-    alpha = tf.random.stateless_normal((3,), seed) * std
-    rgb = tf.linalg.matvec(tf.constant(_EIGVEC), alpha * tf.constant(_EIGVAL))
-    return image + 255.0 * rgb  # eigenvalues are for 0..1 pixels; these are 0..255
+    return tf.image.stateless_random_flip_left_right(image, seeds[1])

@@ -60,13 +60,16 @@ class Task:
     num_classes: int
     norm: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) for on-device normalisation
     augment: bool = False  # pad-crop-flip on device (augment_on_device)
+    colour: bool = False  # ImageNet inception recipe: colour jitter and lighting on device
 
 
-def make_task(config, image_shape, norm=None, device_augment: bool = False) -> Task:
-    """`device_augment`: the pipeline hands out row indices and the step pad-crop-flips on device."""
+def make_task(config, image_shape, norm=None, device_augment: bool = False, device_colour: bool = False) -> Task:
+    """`device_augment`: the pipeline hands out row indices and the step pad-crop-flips on device.
+    `device_colour`: the step applies `augment.colour_lighting` to the (uint8) training images."""
     model = networks.build(config.model, bn_group_size=config.bn_group_size)
     return Task(model, optim.optimizer(config), tuple(image_shape), config.model.num_classes,
-                None if norm is None else tuple(np.asarray(a, np.float32) for a in norm), device_augment)
+                None if norm is None else tuple(np.asarray(a, np.float32) for a in norm), device_augment,
+                device_colour)
 
 
 def create_state(task: Task, seed: int) -> TrainState:
@@ -92,13 +95,20 @@ def init_state(task: Task, seed: int, mesh: Mesh) -> TrainState:
     return jax.jit(functools.partial(create_state, task, seed), out_shardings=replicated(mesh))()
 
 
-def _images(task: Task, batch, rng, train_images=None):
-    """The float images of a batch: given, or gathered from on-device data and augmented."""
-    if "index" not in batch:
+def _images(task: Task, batch, rng=None, train_images=None):
+    """The float images of a batch. Given as floats: used as they are. Given as uint8 pixels
+    (ImageNet), or gathered from on-device data (`augment_on_device`): augmented on device
+    while training (`rng` given), then normalised with `task.norm`."""
+    if "index" in batch:
+        images = train_images[batch["index"]]
+        if task.augment and rng is not None:
+            images = augment.pad_crop_flip(rng, images)
+    elif batch["image"].dtype == jnp.uint8:
+        images = batch["image"]
+        if task.colour and rng is not None:
+            images = augment.colour_lighting(rng, images)
+    else:
         return batch["image"]
-    images = train_images[batch["index"]]
-    if task.augment:
-        images = augment.pad_crop_flip(rng, images)
     mean, std = task.norm
     return augment.normalize(images, mean, std, jnp.float32)
 
@@ -117,12 +127,12 @@ def train_step(task: Task, state: TrainState, batch, train_images=None):
         return loss, (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     # A finite gradient times an absurd learning rate can still overflow the parameters.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(params))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(params))
     ok = finite & (state.nan_step < 0)
     new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
     new = new.replace(nan_step=jnp.where(finite | (state.nan_step >= 0), state.nan_step, state.step))
@@ -137,7 +147,7 @@ def train_step(task: Task, state: TrainState, batch, train_images=None):
 def eval_step(task: Task, state: TrainState, batch):
     """Sums over the real (mask 1) examples, so padded last batches count exactly."""
     logits = task.model.apply({"params": state.params, "batch_stats": state.batch_stats},
-                              batch["image"], train=False)
+                              _images(task, batch), train=False)
     labels, mask = batch["label"], batch["mask"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
     top5 = jnp.any(jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None], axis=-1)
@@ -163,8 +173,13 @@ def synthetic_batch(task: Task, mesh: Mesh, batch_size: int, seed: int = 0, dtyp
 
     def make(key):
         k1, k2 = jax.random.split(key)
+        shape = (batch_size,) + task.image_shape
+        if dtype == jnp.uint8:  # pixels, as the ImageNet pipeline sends them
+            image = jax.random.randint(k1, shape, 0, 256, jnp.int32).astype(jnp.uint8)
+        else:
+            image = jax.random.normal(k1, shape, dtype)
         return {
-            "image": jax.random.normal(k1, (batch_size,) + task.image_shape, dtype),
+            "image": image,
             "label": jax.random.randint(k2, (batch_size,), 0, task.num_classes, jnp.int32),
         }
 

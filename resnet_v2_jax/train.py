@@ -178,7 +178,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         return json.loads((workdir / "results.json").read_text())
     shape = image_shape(config, data)
     task = step_lib.make_task(config, shape, None if data is None else data.norm,
-                              data is not None and bool(data.device_augment))
+                              data is not None and bool(data.device_augment),
+                              data is not None and bool(data.device_colour))
     mesh = step_lib.make_mesh()
     rep = step_lib.replicated(mesh)
 

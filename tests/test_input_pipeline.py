@@ -288,8 +288,9 @@ def test_imagenet_pipeline_on_mock_data(tmp_path, imagenet_augment, imagenet_eva
         assert (data.image_size, data.eval_image_size) == (224, imagenet_eval_size)
         batches = take(data.train_batches(0), 5)  # 25 examples: both epoch ends fall mid-batch
         for batch in batches:
-            assert batch["image"].shape == (5, 224, 224, 3) and batch["image"].dtype == np.float32
-            assert np.isfinite(batch["image"]).all() and abs(batch["image"].mean()) < 3
+            # uint8 pixels: the step normalises (and colour-jitters, for inception) on device.
+            assert batch["image"].shape == (5, 224, 224, 3) and batch["image"].dtype == np.uint8
+        assert data.device_colour == (imagenet_augment == "inception")
         # Each epoch of the 12-example shard holds every example once.
         labels = np.concatenate([b["label"] for b in batches])
         assert collections.Counter(labels[:12].tolist()) == collections.Counter(labels[12:24].tolist())
@@ -297,6 +298,7 @@ def test_imagenet_pipeline_on_mock_data(tmp_path, imagenet_augment, imagenet_eva
         tests = list(data.test_batches())
         assert len(tests) == 2 and sum(b["mask"].sum() for b in tests) == 7
         assert tests[0]["image"].shape == (4, imagenet_eval_size, imagenet_eval_size, 3)
+        assert tests[1]["image"].dtype == np.uint8 and not tests[1]["image"][3:].any()  # padding
         config.batch_size = 6  # divisible by two processes
         two = [list(input_pipeline.create(config, p, 2).test_batches()) for p in (0, 1)]
         assert len(two[0]) == len(two[1]) and sum(b["mask"].sum() for t in two for b in t) == 7
