@@ -84,7 +84,11 @@ def default() -> ml_collections.ConfigDict:
     c.image_size = 0  # 0: the dataset's own size (synthetic: set it, e.g. 224 for ImageNet shapes)
     c.data_dir = ""  # TFDS data dir; "" means TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets)
     c.normalization = "channel"
-    c.augment_on_device = False  # CIFAR: keep the whole set on the accelerators, augment there
+    # digits/CIFAR: the train set lives on the accelerators and each step gathers and augments its
+    # rows there, so no host work per step (the host path, False, measured ~20,000 images per
+    # CPU-second: BENCHMARKS.md). ImageNet ignores it: it streams uint8 crops, and the step
+    # normalises (and colour-jitters) them on device.
+    c.augment_on_device = True
     c.imagenet_augment = "scale"
     c.imagenet_eval_size = 224  # 224: centre crop of 256-resized; 320: full 320-resized image
     c.shuffle_buffer = 16384  # ImageNet only: CIFAR and digits are permuted whole in memory

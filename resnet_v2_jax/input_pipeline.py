@@ -314,8 +314,6 @@ class _ImageNetData(Data):
     """
 
     def __init__(self, config, builder, process_index: int, process_count: int):
-        if config.augment_on_device:
-            raise ValueError("augment_on_device keeps the whole train set on device: digits and CIFAR only")
         if config.normalization == "pixel_mean":
             raise ValueError(
                 "normalization='pixel_mean' needs fixed-size images (digits, CIFAR); ImageNet crops "

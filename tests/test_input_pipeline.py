@@ -37,6 +37,7 @@ def make_config(data_dir, **overrides):
     config.data_dir = data_dir
     config.batch_size = 100
     config.eval_batch_size = 64
+    config.augment_on_device = False  # the host path; tests of the device path say so
     for key, value in overrides.items():
         config[key] = value
     return config
