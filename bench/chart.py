@@ -5,7 +5,9 @@
 Reads lines of `python -m resnet_v2_jax.benchmark --json` (key `impl`: ours, plain_flax, ...) and of
 the PyTorch peer (`peer`: torch-eager, torch-compile; `img_s`). Lines without a throughput
 (failed, skipped, did-not-finish markers) are listed under the table, never drawn: the chart holds
-only what was measured. Ours with `scan` false is drawn as "ours-unrolled". One bar group per (model, batch, mode), one bar per implementation.
+only what was measured. Ours with `scan` false is drawn as "ours-unrolled"; ours fed uint8 pixels
+(ImageNet experiments: normalisation, and colour for the inception recipe, on device) says so.
+One bar group per (model, batch, mode), one bar per implementation.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def load(paths) -> tuple[list[dict], list[dict]]:
             impl = r.get("impl") or r.get("peer")
             if impl == "ours" and r.get("scan") is False:
                 impl = "ours-unrolled"
+            if impl.startswith("ours") and r.get("input", "float32") != "float32":
+                impl += f" ({r['input']} input)"  # ImageNet: on-device normalisation (+ colour)
             rows.append({
                 "impl": impl,
                 "model": r["model"],

@@ -6,6 +6,8 @@
 # ../shared/bench/peer_torch.py copied to .bench/ (both git-ignored); the call carries them:
 #   run(command="bash bench/gpu_compare.sh", carry=[".whl", ".bench"], timeout_s=540)
 # Each command has its own timeout, so one slow or failing model never costs the others.
+# A plumbing check without a GPU (tiny steps, peers fail without torch):
+#   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" DEADLINE_S=400 bash bench/gpu_compare.sh
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_compare_out}
@@ -26,8 +28,10 @@ ours() {  # ours TIMEOUT_S ARGS...: one JSON line per run into ours.jsonl, a fai
   local t; t=$(budget "$1"); shift
   [ "$t" -eq 0 ] && { echo "{\"impl\": \"ours\", \"skipped\": \"$*\"}" >>"$OUT/ours.jsonl"; return; }
   echo "+ ours $*" | tee -a "$OUT/log.txt"
-  timeout "$t" python3 -m resnet_v2_jax.benchmark --json --peak_tflops="$PEAK" --config.model.dtype=bfloat16 \
-    "$@" >>"$OUT/ours.jsonl" 2>>"$OUT/log.txt" || echo "{\"impl\": \"ours\", \"failed\": \"$*\"}" >>"$OUT/ours.jsonl"
+  # shellcheck disable=SC2086  # OURS_EXTRA is a list of flags, split on purpose; last flags win
+  # "$@" first: ml_collections wants --config=FILE before any --config.field override.
+  timeout "$t" python3 -m resnet_v2_jax.benchmark "$@" --json --peak_tflops="$PEAK" --config.model.dtype=bfloat16 \
+    ${OURS_EXTRA:-} >>"$OUT/ours.jsonl" 2>>"$OUT/log.txt" || echo "{\"impl\": \"ours\", \"failed\": \"$*\"}" >>"$OUT/ours.jsonl"
 }
 peer() {  # peer TIMEOUT_S MODEL BATCH STEPS MODE
   local t; t=$(budget "$1"); shift
@@ -53,6 +57,9 @@ peer 60 cifar1001 128 10 eager
 peer 60 in200 128 10 eager
 # Then, while the deadline allows: the plain jit Flax reference (the issue's goal) and torch.compile.
 ours 90 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --baseline
+# ResNet-50 without the on-device colour jitter and lighting (input "uint8": normalisation only), the
+# closest match to the peers' plain synthetic float batches.
+ours 60 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.augment=False
 peer 120 in50 256 20 compile
 peer 120 cifar110 128 30 compile
 

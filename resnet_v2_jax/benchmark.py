@@ -263,6 +263,7 @@ def main(argv):
     if f.steps < 1 or f.warmup < 0:
         print("error: --steps must be >= 1 and --warmup >= 0", file=sys.stderr)
         sys.exit(2)
+    cache = step_lib.use_compilation_cache(f.compilation_cache_dir)
     kwargs = dict(steps=f.steps, warmup=f.warmup, eval_mode=f.eval, peak_tflops=f.peak_tflops,
                   timing=f.timing)
     try:
@@ -271,6 +272,7 @@ def main(argv):
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
     for r in results:
+        r["compilation_cache"] = cache
         print(json.dumps(r) if f.json else format_result(r), flush=True)
     if f.compare:
         ours, plain = results
@@ -294,6 +296,9 @@ def define_flags() -> None:
     flags.DEFINE_bool("baseline", False, "Time the plain jit Flax ResNet of bench/plain_flax.py instead.")
     flags.DEFINE_bool("compare", False, "Time ours, then the plain Flax baseline, and compare.")
     flags.DEFINE_enum("timing", "step", ["step", "loop"], "step: block each step, median; loop: one block.")
+    flags.DEFINE_string("compilation_cache_dir", "off",
+                        "JAX persistent compilation cache for this run: 'off' (compile_s is a cold compile), "
+                        "'' (the training default dir) or a path; a warm cache shows what a restart pays.")
     flags.DEFINE_bool("xla_gpu_perf_flags", False, "Opt-in XLA GPU flags (latency-hiding scheduler); unmeasured.")
 
 

@@ -119,6 +119,10 @@ def default() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.nan_policy = "stop"
     c.collective_timeout_s = 300
+    # JAX's persistent compilation cache: a restarted or repeated run loads its compiled steps
+    # instead of compiling them again. "": $XDG_CACHE_HOME (or ~/.cache)/resnet_v2_jax/xla, or
+    # $JAX_COMPILATION_CACHE_DIR when set; a path (gs:// works); "off": no cache.
+    c.compilation_cache_dir = ""
     return c
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any
 
 import flax
@@ -35,6 +36,24 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
     nan_step: jax.Array  # -1, or the first step whose loss or gradient was not finite
+
+
+def use_compilation_cache(path: str) -> str | None:
+    """Points JAX's persistent compilation cache at `path` (config.compilation_cache_dir) and
+    returns the directory in use, or None for "off".
+
+    Compiles that take over a second (jax_persistent_cache_min_compile_time_secs) are stored, so
+    the train and eval steps are, and tiny helper jits are not. Call before the first compile:
+    JAX fixes the cache directory then.
+    """
+    if path == "off":  # also overrides $JAX_COMPILATION_CACHE_DIR
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    if not path:
+        path = jax.config.jax_compilation_cache_dir or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "resnet_v2_jax", "xla")
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path
 
 
 def make_mesh(devices=None) -> Mesh:

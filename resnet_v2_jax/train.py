@@ -151,6 +151,7 @@ def evaluate(eval_fn, state, data, mesh, config, task) -> dict:
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it holds checkpoints); returns results.json."""
     config_lib.validate(config, num_devices=jax.device_count())
+    step_lib.use_compilation_cache(config.compilation_cache_dir)
     # Orbax needs absolute paths; gs:// and other URLs already are.
     workdir = epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir))
     # Everything that can reject the run comes before the first write to the workdir: the

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
+
+# Runs turn on JAX's persistent compilation cache (config.compilation_cache_dir, default under
+# ~/.cache). Tests keep it in a temporary dir of their own, shared by the session's processes
+# (they inherit the environment), so nothing is written to the home dir.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="resnet_v2_jax_xla_cache_"))
 
 
 @pytest.fixture(scope="session")

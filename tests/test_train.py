@@ -231,6 +231,46 @@ def test_imagenet_mock_data_trains_and_evaluates_every_validation_example_once(t
     assert counts.counts == [5]
 
 
+# ----------------------------------------------------------------------------- compilation cache
+
+CACHE_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from jax import monitoring
+    from resnet_v2_jax import config as config_lib, train
+
+    hits = []
+    monitoring.register_event_listener(
+        lambda name, **kw: hits.append(name) if name == "/jax/compilation_cache/cache_hits" else None)
+    c = config_lib.default()
+    c.dataset, c.image_size, c.num_train_steps = "synthetic", 8, 2
+    c.model.depth, c.model.block, c.model.width = 8, "basic", 0.25
+    c.batch_size = c.eval_batch_size = 8
+    c.compilation_cache_dir = sys.argv[1]
+    train.train_and_evaluate(c, sys.argv[2])
+    print(json.dumps({"hits": len(hits)}))
+""")
+
+
+def test_a_second_run_loads_its_steps_from_the_compilation_cache(tmp_path):
+    """config.compilation_cache_dir: the first run stores the train step, a fresh process running the
+    same config in another workdir loads it (JAX's cache-hit event); "off" stores nothing."""
+    def run(cache, name):
+        # Store every compile, however quick (the default is those over 1 s): a fast machine too.
+        env = dict(child_env(), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+        p = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, cache, str(tmp_path / name)], cwd=REPO,
+                           env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads(p.stdout.strip().splitlines()[-1])["hits"]
+
+    cache = tmp_path / "xla"
+    first = run(str(cache), "first")  # a helper jit compiled twice in one run may already hit
+    stored = [f.name for f in cache.iterdir()]
+    assert any(n.startswith("jit_train_step") for n in stored) and any(n.startswith("jit_eval_step") for n in stored)
+    second = run(str(cache), "second")
+    assert second >= first + 2, (first, second)  # at least the train and eval steps were loaded
+    assert run("off", "third") == 0
+
+
 # ----------------------------------------------------------------------------- quick start
 
 
