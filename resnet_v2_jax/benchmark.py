@@ -50,7 +50,7 @@ XLA_GPU_PERF_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "dtype", "scan", "remat",
         "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
-        "step_ms_min", "step_ms_max", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use",
+        "step_ms_min", "step_ms_max", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
 PLAIN_FLAX_PATH = Path(__file__).resolve().parents[1] / "bench" / "plain_flax.py"
@@ -88,6 +88,7 @@ class Runner:
         t0 = time.perf_counter()
         self.compiled = fn.lower(state, batch, *extra).compile()
         self.compile_s = time.perf_counter() - t0
+        self.compiled_peak_bytes = compiled_peak_bytes(self.compiled)
         self.metrics = None
 
     def call(self):
@@ -129,6 +130,23 @@ def time_runners(runners, steps: int, warmup: int, timing: str = "step"):
             for i, r in enumerate(runners):
                 times[i].append(r.step())
     return firsts, times
+
+
+def compiled_peak_bytes(compiled) -> int | None:
+    """XLA's own peak-memory figure for one call of a compiled step (its buffer assignment:
+    arguments, outputs and temporaries, donated buffers counted once), per device. Known before
+    anything runs, so it answers "does this fit?" without the device; on another backend than the
+    target it is an estimate (fusion and layouts differ)."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if m is None:
+        return None
+    peak = getattr(m, "peak_memory_in_bytes", 0)
+    if peak:
+        return int(peak)
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
 def _peak_bytes():
@@ -217,6 +235,7 @@ def result(runner: Runner, desc: dict, first: float, times: list[float], warmup:
         "tflops": round(tflops, 6),
         "peak_fraction": round(tflops / peak_tflops, 6) if peak_tflops else None,
         "peak_bytes_in_use": _peak_bytes(),
+        "compiled_peak_bytes": runner.compiled_peak_bytes,
         "device_kind": jax.devices()[0].device_kind,
         "num_devices": len(jax.devices()),
         "jax_version": jax.__version__,
@@ -226,9 +245,16 @@ def result(runner: Runner, desc: dict, first: float, times: list[float], warmup:
 
 
 def run(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, baseline: bool = False,
-        peak_tflops: float = 0.0, timing: str = "step", seed: int = 0) -> dict:
-    """Times one configuration; returns the result dict (the KEYS above)."""
+        peak_tflops: float = 0.0, timing: str = "step", seed: int = 0, compile_only: bool = False) -> dict:
+    """Times one configuration; returns the result dict (the KEYS above). `compile_only`: compile,
+    report `compile_s` and XLA's `compiled_peak_bytes`, run nothing (step fields None)."""
     runner, desc = setup(config, eval_mode=eval_mode, baseline=baseline, seed=seed)
+    if compile_only:
+        return dict(dict.fromkeys(KEYS), **desc, **{
+            "compile_s": round(runner.compile_s, 3), "compiled_peak_bytes": runner.compiled_peak_bytes,
+            "steps": 0, "warmup": 0, "timing": "compile only", "device_kind": jax.devices()[0].device_kind,
+            "num_devices": len(jax.devices()), "jax_version": jax.__version__,
+            "date": datetime.date.today().isoformat()})
     (first,), (times,) = time_runners([runner], steps, warmup, timing)
     return result(runner, desc, first, times, warmup, timing, peak_tflops)
 
@@ -243,12 +269,19 @@ def compare(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False
     return [result(r, d, f, t, warmup, timing, peak_tflops) for (r, d), f, t in zip(pairs, firsts, times)]
 
 
+def _size(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def format_result(r: dict) -> str:
-    mem = "n/a" if r["peak_bytes_in_use"] is None else f"{r['peak_bytes_in_use'] / 2**30:.2f} GiB"
-    peak = f" ({100 * r['peak_fraction']:.1f}% of peak)" if r["peak_fraction"] is not None else ""
-    return (f"{r['impl']} {r['mode']} {r['model']} ({r['experiment']}) batch {r['batch']} {r['dtype']} "
+    mem, xla = _size(r["peak_bytes_in_use"]), _size(r["compiled_peak_bytes"])
+    head = (f"{r['impl']} {r['mode']} {r['model']} ({r['experiment']}) batch {r['batch']} {r['dtype']} "
             f"scan={r['scan']} on {r['num_devices']} x {r['device_kind']}, JAX {r['jax_version']}\n"
-            f"  compile {r['compile_s']:.2f} s, first step {r['first_step_s']:.3f} s\n"
+            f"  compile {r['compile_s']:.2f} s; XLA's peak memory for one step {xla} per device")
+    if r["step_ms"] is None:
+        return head
+    peak = f" ({100 * r['peak_fraction']:.1f}% of peak)" if r["peak_fraction"] is not None else ""
+    return (f"{head}, first step {r['first_step_s']:.3f} s\n"
             f"  step {r['step_ms']:.2f} ms median (min {r['step_ms_min']:.2f}, max {r['step_ms_max']:.2f}; "
             f"{r['steps']} steps after {r['warmup']} warm-up)\n"
             f"  {r['images_per_second']:.1f} images/s, {r['tflops']:.4f} model TFLOP/s{peak}, peak memory {mem}")
@@ -266,8 +299,14 @@ def main(argv):
     cache = step_lib.use_compilation_cache(f.compilation_cache_dir)
     kwargs = dict(steps=f.steps, warmup=f.warmup, eval_mode=f.eval, peak_tflops=f.peak_tflops,
                   timing=f.timing)
+    if f.compile_only and f.compare:
+        print("error: --compile_only times nothing, so it cannot --compare", file=sys.stderr)
+        sys.exit(2)
     try:
-        results = compare(f.config, **kwargs) if f.compare else [run(f.config, baseline=f.baseline, **kwargs)]
+        if f.compare:
+            results = compare(f.config, **kwargs)
+        else:
+            results = [run(f.config, baseline=f.baseline, compile_only=f.compile_only, **kwargs)]
     except ValueError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
@@ -295,6 +334,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("eval", False, "Time the inference step (eval_step) instead of the training step.")
     flags.DEFINE_bool("baseline", False, "Time the plain jit Flax ResNet of bench/plain_flax.py instead.")
     flags.DEFINE_bool("compare", False, "Time ours, then the plain Flax baseline, and compare.")
+    flags.DEFINE_bool("compile_only", False, "Compile and report compile_s and XLA's compiled_peak_bytes; "
+                      "run no step (memory fit without the device's time).")
     flags.DEFINE_enum("timing", "step", ["step", "loop"], "step: block each step, median; loop: one block.")
     flags.DEFINE_string("compilation_cache_dir", "off",
                         "JAX persistent compilation cache for this run: 'off' (compile_s is a cold compile), "

@@ -71,6 +71,15 @@ def test_eval_step():
     check_result(benchmark.run(tiny_config(), steps=2, warmup=0, eval_mode=True), "eval")
 
 
+def test_compile_only_reports_xla_peak_memory_and_runs_nothing():
+    r = benchmark.run(tiny_config(), compile_only=True)
+    assert set(benchmark.KEYS) <= set(r) and r["compile_s"] > 0
+    assert r["step_ms"] is None and r["images_per_second"] is None and r["steps"] == 0
+    # One step holds at least its arguments: float32 params and SGD momentum (2 x 4 bytes each).
+    assert r["compiled_peak_bytes"] >= 8 * r["params"]
+    assert "XLA's peak memory" in benchmark.format_result(r)
+
+
 def test_compare_with_the_plain_flax_baseline():
     ours, plain = benchmark.compare(tiny_config(), steps=2, warmup=0)
     check_result(ours, "train")
