@@ -133,19 +133,17 @@ def time_runners(runners, steps: int, warmup: int, timing: str = "step"):
 
 
 def compiled_peak_bytes(compiled) -> int | None:
-    """XLA's own peak-memory figure for one call of a compiled step (its buffer assignment:
-    arguments, outputs and temporaries, donated buffers counted once), per device. Known before
-    anything runs, so it answers "does this fit?" without the device; on another backend than the
-    target it is an estimate (fusion and layouts differ)."""
+    """What XLA's buffer assignment allocates for one call of a compiled step, per device:
+    arguments + outputs + temporaries - aliased (donated) buffers. Known before anything runs, so it
+    answers "does this fit?" without the device; on another backend than the target it is an
+    estimate (fusion and layouts differ). `peak_memory_in_bytes` is not used: on the CPU backend
+    (JAX 0.10.2) it leaves the temporaries out."""
     try:
         m = compiled.memory_analysis()
     except Exception:  # noqa: BLE001 - not every backend implements it
         return None
     if m is None:
         return None
-    peak = getattr(m, "peak_memory_in_bytes", 0)
-    if peak:
-        return int(peak)
     return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
 
 
