@@ -53,6 +53,8 @@ KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batc
         "step_ms_min", "step_ms_max", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
+DATASET_ROWS = 50_000  # CIFAR's training set, held on device with augment_on_device
+
 PLAIN_FLAX_PATH = Path(__file__).resolve().parents[1] / "bench" / "plain_flax.py"
 
 
@@ -162,11 +164,17 @@ def _peak_bytes():
 def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int = 0):
     """(Runner, description) for one configuration: state, on-device batch, compiled step.
 
-    An ImageNet experiment gets what its real input pipeline hands the step: uint8 pixels that the
-    step normalises (and, for imagenet_augment='inception', colour-jitters and lights) on device.
+    Each experiment's training step gets what its real input pipeline hands it. ImageNet: uint8
+    pixels that the step normalises (and, for imagenet_augment='inception', colour-jitters and
+    lights) on device. CIFAR with `augment_on_device` (the default): a 50,000-image uint8 train set
+    held on the devices and a batch of row indices, gathered, pad-crop-flipped and normalised in
+    the step. Evaluation and the plain Flax baseline get float32 images.
     """
     pixels = config.dataset == "imagenet2012"
     colour = pixels and config.augment and config.imagenet_augment == "inception" and not eval_mode
+    rows = (config.dataset in ("cifar10", "cifar100") and config.augment_on_device and not eval_mode
+            and DATASET_ROWS)
+    device_augment = bool(rows) and config.augment
     config = prepare(config)
     batch_size = config.batch_size
     image_shape = (config.image_size, config.image_size, 3)
@@ -183,16 +191,23 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         params = plain.param_count(config, image_shape)
         extra = ()
     else:
-        norm = augment.MEAN_STD["imagenet2012"] if pixels else None
-        task = step_lib.make_task(config, image_shape, norm, device_colour=colour)
+        norm = augment.MEAN_STD["imagenet2012" if pixels else "cifar10"] if pixels or rows else None
+        task = step_lib.make_task(config, image_shape, norm, device_augment, colour)
         state = step_lib.init_state(task, seed, mesh)
         batch = step_lib.synthetic_batch(task, mesh, batch_size, seed, jnp.uint8 if pixels else jnp.float32)
         train_fn, eval_fn = step_lib.compile_steps(task, mesh)
+        train_images = None  # train_step's on-device train set: none when the batch holds images
+        if rows:
+            train_images = jax.device_put(
+                jax.random.randint(jax.random.PRNGKey(seed + 2), (rows,) + image_shape, 0, 256, jnp.int32)
+                .astype(jnp.uint8), step_lib.replicated(mesh))
+            index = jax.random.randint(jax.random.PRNGKey(seed + 3), (batch_size,), 0, rows, jnp.int32)
+            batch = {"index": jax.device_put(index, step_lib.batch_sharding(mesh)), "label": batch["label"]}
         if eval_mode:
             batch = dict(batch, mask=jax.device_put(jnp.ones((batch_size,), jnp.float32),
                                                     step_lib.batch_sharding(mesh)))
         params = analysis["params"]
-        extra = () if eval_mode else (None,)  # train_step's train_images: none, the batch holds images
+        extra = () if eval_mode else (train_images,)
     runner = Runner(eval_fn if eval_mode else train_fn, state, batch, donates=not eval_mode, extra=extra)
     desc = {
         "impl": "plain_flax" if baseline else "ours",
@@ -208,7 +223,8 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "remat": bool(config.model.remat) and not baseline,
         "params": params,
         "macs_per_image": analysis["macs"],
-        "input": "float32" if baseline or not pixels else "uint8+colour" if colour else "uint8",
+        "input": ("float32" if baseline or not (pixels or rows) else "uint8+colour" if colour
+                  else "uint8" if pixels else "rows+augment" if device_augment else "rows"),
     }
     return runner, desc
 

@@ -56,6 +56,7 @@ def test_train_step_json_and_no_tensorflow():
     (r,) = json_lines(p.stdout)
     check_result(r, "train")
     assert r["impl"] == "ours" and r["scan"] is False  # cifar10_resnet110.py runs unrolled
+    assert r["input"] == "rows+augment"  # as training: CIFAR rows gathered and augmented on device
     assert r["peak_fraction"] == pytest.approx(r["tflops"] / 1.0, rel=1e-3)
     assert r["loss"] is not None and r["loss"] == r["loss"]  # finite, not NaN
     assert "TF_LOADED False" in p.stdout
@@ -78,6 +79,15 @@ def test_compile_only_reports_xla_peak_memory_and_runs_nothing():
     # One step holds at least its arguments: float32 params and SGD momentum (2 x 4 bytes each).
     assert r["compiled_peak_bytes"] >= 8 * r["params"]
     assert "XLA's peak memory" in benchmark.format_result(r)
+
+
+@pytest.mark.parametrize("augment, expected", [(True, "uint8+colour"), (False, "uint8")])
+def test_imagenet_steps_get_uint8_pixels_as_in_training(augment, expected):
+    c = _load("imagenet_resnet50")  # the inception recipe: colour jitter and lighting on device
+    c.model.depth, c.model.block, c.model.width = 18, "basic", 0.125
+    c.batch_size, c.image_size, c.augment = 2, 32, augment
+    r = benchmark.run(c, compile_only=True)
+    assert r["input"] == expected and r["family"] == "imagenet"
 
 
 def test_compare_with_the_plain_flax_baseline():
