@@ -212,7 +212,9 @@ def test_cifar10_mock_data_trains_and_evaluates_every_test_example_once(tmp_path
     assert results["config"]["dataset"] == "cifar10" and results["config"]["model"]["depth"] == 8
 
 
-def test_imagenet_mock_data_trains_and_evaluates_every_validation_example_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("imagenet_augment", ["scale", "inception"])  # inception: colour on device
+def test_imagenet_mock_data_trains_and_evaluates_every_validation_example_once(tmp_path, monkeypatch,
+                                                                               imagenet_augment):
     # The train crop could be smaller, but evaluation is 224 or 320 only: 224 throughout, batch 2.
     # (mock_data makes `num_examples` records per split, so the validation split holds 5 too.)
     data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
@@ -222,7 +224,7 @@ def test_imagenet_mock_data_trains_and_evaluates_every_validation_example_once(t
     config.model.family, config.model.depth, config.model.block = "imagenet", 18, "basic"
     config.model.width, config.model.num_classes = 0.125, 1000
     config.batch_size, config.eval_batch_size, config.num_train_steps = 2, 4, 2  # 5 = 4 + 1 padded
-    config.shuffle_buffer = 8
+    config.shuffle_buffer, config.imagenet_augment = 8, imagenet_augment
     config.log_every_steps, config.eval_every_steps, config.checkpoint_every_steps = 1, 1000, 1000
     counts = EvalCounts(monkeypatch)
     with mock_data(data_dir, 5):
