@@ -360,10 +360,7 @@ def define_flags() -> None:
 def cli_main(argv=None) -> None:
     from resnet_v2_jax import cli
 
-    define_flags()
-    if argv is not None:
-        sys.argv = list(argv)
-    cli.run(main)
+    cli.run(main, define_flags, argv)
 
 
 if __name__ == "__main__":

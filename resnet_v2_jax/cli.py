@@ -65,5 +65,11 @@ def _module_name(argv: list[str]) -> str:
     return spec.name if spec else argv[0]
 
 
-def run(main) -> None:
+def run(main, define_flags=None, argv: list[str] | None = None) -> None:
+    """Runs an absl `main` with readable flag errors; `define_flags` first (when the module defines
+    its flags lazily, so importing it as a library defines none), `argv` instead of sys.argv."""
+    if define_flags is not None:
+        define_flags()
+    if argv is not None:
+        sys.argv = list(argv)
     app.run(main, flags_parser=parse_flags)

@@ -139,16 +139,14 @@ def define_flags() -> None:
     flags.DEFINE_float("target", 9000.0, "Images/s one accelerator consumes; gives cores_for_target.")
     flags.DEFINE_bool("json", False, "Print one JSON object per thread count instead of text.")
     flags.DEFINE_string("sample_dir", "", "Prepare/read the sample imagenet2012 here (not the real data).")
-    flags.DEFINE_integer("sample_images", 6400, "Training images in a new --sample_dir sample (25 batches of 256); a quarter as many for validation.")
+    flags.DEFINE_integer("sample_images", 6400, "Training images in a new --sample_dir sample (25 batches of "
+                         "256); a quarter as many for validation.")
 
 
 def cli_main(argv=None) -> None:
     from resnet_v2_jax import cli
 
-    define_flags()
-    if argv is not None:
-        sys.argv = list(argv)
-    cli.run(main)
+    cli.run(main, define_flags, argv)
 
 
 if __name__ == "__main__":
