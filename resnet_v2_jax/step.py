@@ -47,10 +47,15 @@ def use_compilation_cache(path: str) -> str | None:
     JAX fixes the cache directory then.
     """
     if path == "off":  # also overrides $JAX_COMPILATION_CACHE_DIR
-        jax.config.update("jax_enable_compilation_cache", False)
+        try:
+            jax.config.update("jax_enable_compilation_cache", False)
+        except AttributeError:  # a JAX without the switch: no cache unless a dir was set
+            pass
         return None
     if not path:
-        path = jax.config.jax_compilation_cache_dir or os.path.join(
+        already = (getattr(jax.config, "jax_compilation_cache_dir", None)
+                   or os.environ.get("JAX_COMPILATION_CACHE_DIR"))
+        path = already or os.path.join(
             os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "resnet_v2_jax", "xla")
     jax.config.update("jax_compilation_cache_dir", path)
     return path
