@@ -17,8 +17,9 @@ import json
 from pathlib import Path
 
 
-def load(paths) -> tuple[list[dict], list[dict]]:
-    rows, missing = [], []
+def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
+    """(measured rows, compile-only rows, lines that measured nothing)."""
+    rows, compiled, missing = [], [], []
     for path in paths:
         for line in Path(path).read_text().splitlines():
             line = line.strip()
@@ -28,6 +29,9 @@ def load(paths) -> tuple[list[dict], list[dict]]:
             if "compare" in r:
                 continue
             ips = r.get("images_per_second", r.get("img_s"))
+            if r.get("timing") == "compile only":
+                compiled.append(r)
+                continue
             if ips is None:
                 missing.append(r)
                 continue
@@ -37,6 +41,8 @@ def load(paths) -> tuple[list[dict], list[dict]]:
                 impl = "ours-unrolled"
             if impl.startswith("ours") and r.get("input", "float32") != "float32":
                 impl += f" ({r['input']} input)"  # ImageNet: on-device normalisation (+ colour)
+            if r.get("xla_gpu_perf_flags"):
+                impl += " +XLA GPU flags"
             rows.append({
                 "impl": impl,
                 "model": r["model"],
@@ -49,10 +55,10 @@ def load(paths) -> tuple[list[dict], list[dict]]:
                 "peak_gib": (r["peak_bytes_in_use"] / 2**30 if r.get("peak_bytes_in_use") else r.get("peak_gib")),
                 "device": r.get("device_kind", ""),
             })
-    return rows, missing
+    return rows, compiled, missing
 
 
-def markdown(rows, missing) -> str:
+def markdown(rows, missing, compiled=()) -> str:
     lines = ["| model | batch | mode | implementation | dtype | step (ms) | images/s | compile or warm-up (s) "
              "| peak memory (GiB) | device |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["mode"], r["impl"])):
@@ -61,6 +67,11 @@ def markdown(rows, missing) -> str:
         step = "" if r["step_ms"] is None else f"{r['step_ms']:.1f}"
         lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['impl']} | {r['dtype']} | {step} | "
                      f"{r['images_per_second']:.1f} | {comp} | {mem} | {r['device']} |")
+    for r in compiled:
+        peak = r.get("compiled_peak_bytes")
+        lines.append(f"\nCompile only: {r['model']} batch {r['batch']} {r.get('dtype', '')}: compile "
+                     f"{r['compile_s']:.1f} s, XLA's compiled bytes "
+                     f"{'n/a' if peak is None else f'{peak / 2**30:.2f} GiB'}, cache {r.get('compilation_cache')}")
     for r in missing:
         lines.append(f"\nNot measured: {json.dumps(r)}")
     return "\n".join(lines) + "\n"
@@ -104,10 +115,10 @@ def main() -> None:
     p.add_argument("--title", default="training step throughput")
     p.add_argument("--models", default="", help="comma-separated model names to draw (default: all)")
     a = p.parse_args()
-    rows, missing = load(a.results)
+    rows, compiled, missing = load(a.results)
     if a.models:
         rows = [r for r in rows if r["model"] in a.models.split(",")]
-    table = markdown(rows, missing)
+    table = markdown(rows, missing, compiled)
     if a.md:
         Path(a.md).write_text(table)
     print(table)

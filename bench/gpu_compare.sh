@@ -9,12 +9,14 @@
 # A plumbing check without a GPU (tiny steps, peers fail without torch):
 #   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" DEADLINE_S=400 bash bench/gpu_compare.sh
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/gpu_compare_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site:${PYTHONPATH:-} || { echo "wheel install failed" >&2; exit 1; }
+if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
+  echo "wheel install failed" >&2; exit 1
+fi
+export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 PEAK=${PEAK_TFLOPS:-989}  # H100/H200 SXM dense bf16 peak, spec sheet; the matmul seen here ran ~790
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
@@ -62,6 +64,11 @@ ours 90 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --step
 ours 60 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.augment=False
 peer 120 in50 256 20 compile
 peer 120 cifar110 128 30 compile
+# Levers, last (skipped if the deadline is near): ResNet-1001 compile cold then warm from the
+# persistent cache, and ResNet-50 with the opt-in XLA GPU flags.
+ours 60 --config=experiments/cifar1001.py --compile_only --compilation_cache_dir=/tmp/xla_cache_bench
+ours 60 --config=experiments/cifar1001.py --compile_only --compilation_cache_dir=/tmp/xla_cache_bench
+ours 60 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --xla_gpu_perf_flags
 
 python3 bench/chart.py "$OUT/ours.jsonl" "$OUT/peer.jsonl" --png "$OUT/throughput.png" --md "$OUT/table.md" \
   --title "bf16 training step, $(head -1 "$OUT/gpu.txt" | cut -d, -f1)" || true

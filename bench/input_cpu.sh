@@ -4,7 +4,7 @@
 # sizes, prepared by TFDS's builder; about 1 minute the first time, 300 MB).
 # Usage: bash bench/input_cpu.sh [results.jsonl] [sample_dir]   (about 5 minutes on 2 cores)
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 R=${1:-bench/input_results.jsonl}
 S=${2:-/tmp/resnet_v2_jax_imagenet_sample}
 I="python -m resnet_v2_jax.input_benchmark --json --sample_dir=$S --threads=1,2"

@@ -326,6 +326,7 @@ def main(argv):
         sys.exit(2)
     for r in results:
         r["compilation_cache"] = cache
+        r["xla_gpu_perf_flags"] = f.xla_gpu_perf_flags
         print(json.dumps(r) if f.json else format_result(r), flush=True)
     if f.compare:
         ours, plain = results
