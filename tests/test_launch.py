@@ -29,6 +29,7 @@ TPU_VM = LAUNCH / "tpu_vm.sh"
 SLURM = LAUNCH / "slurm_gpu.sbatch"
 LOCAL = LAUNCH / "local.sh"
 SCRIPTS = [TPU_VM, SLURM, LOCAL]
+BENCH_SCRIPTS = sorted((Path(__file__).resolve().parents[1] / "bench").glob("*.sh"))  # gpu_compare.sh: one GPU call
 
 # Variables the scripts read; cleared so that the caller's environment cannot change a result.
 _SCRIPT_VARS = {
@@ -104,7 +105,8 @@ def test_shellcheck_passes():
     if probe.returncode != 0:
         pytest.skip(f"shellcheck is installed but does not run: {probe.stderr.strip()}")
     result = subprocess.run(
-        [exe, "--shell=bash", *map(str, SCRIPTS)], capture_output=True, text=True, check=False
+        [exe, "--shell=bash", *map(str, SCRIPTS), *map(str, BENCH_SCRIPTS)], capture_output=True, text=True,
+        check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
