@@ -173,8 +173,9 @@ def test_the_step_normalises_uint8_batches_on_device_like_the_host_would():
         return float(metrics["loss"]), float(ev["loss"])
 
     host = (pixels.astype(np.float32) - mean) / std
-    np.testing.assert_allclose(one_step(pixels), one_step(host), rtol=1e-5)
-    assert one_step(pixels, colour=True)[0] != pytest.approx(one_step(pixels)[0], rel=1e-6)
+    on_device = one_step(pixels)
+    np.testing.assert_allclose(on_device, one_step(host), rtol=1e-5)
+    assert one_step(pixels, colour=True)[0] != pytest.approx(on_device[0], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- the CLI
