@@ -138,3 +138,36 @@ def test_bad_config_is_a_usage_error():
         out, err = p.communicate(timeout=300)
         assert p.returncode == 2, (args, out, err)
         assert err.strip().startswith("error:") and "Traceback" not in err, (args, err)
+
+
+def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
+    """bench/chart.py, which turns the GPU call's JSONL into the table and PNG: measured rows are
+    labelled by how they were fed, compile-only and failed lines are listed, never drawn."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("chart", ROOT / "bench" / "chart.py")
+    chart = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chart)
+    base = {"impl": "ours", "mode": "train", "model": "in50", "batch": 256, "dtype": "bfloat16", "scan": True,
+            "step_ms": 25.0, "images_per_second": 10240.0, "compile_s": 30.0, "peak_bytes_in_use": 2**34,
+            "device_kind": "NVIDIA H200"}
+    lines = [dict(base, input="uint8+colour"), dict(base, input="uint8+colour", xla_gpu_perf_flags=True),
+             dict(base, model="cifar110", batch=128, scan=False, input="rows+augment"),
+             {"peer": "torch-eager", "model": "in50", "batch": 256, "img_s": 5000.0},
+             dict(dict.fromkeys(benchmark.KEYS), impl="ours", model="cifar1001", batch=64, timing="compile only",
+                  compile_s=20.0, compiled_peak_bytes=2**33),
+             {"impl": "ours", "failed": "--config=experiments/cifar1001_b128.py"},
+             {"compare": "cifar110", "ratio": 0.9}]
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    rows, compiled, missing = chart.load([path])
+    assert sorted(r["impl"] for r in rows) == sorted([
+        "ours (uint8+colour input)", "ours (uint8+colour input) +XLA GPU flags",
+        "ours-unrolled (rows+augment input)", "torch-eager"])
+    assert [r["model"] for r in compiled] == ["cifar1001"] and len(missing) == 1
+    table = chart.markdown(rows, missing, compiled)
+    assert "| in50 | 256 | train | ours (uint8+colour input) | bfloat16 | 25.0 | 10240.0 | 30.0 | 16.00 |" in table
+    assert "Compile only: cifar1001 batch 64" in table and "8.00 GiB" in table
+    assert "Not measured: " in table and "cifar1001_b128" in table
+    chart.chart(rows, str(tmp_path / "t.png"), "test")
+    assert (tmp_path / "t.png").stat().st_size > 1000
