@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from helpers import fake_prepared, mock_data
 
 from resnet_v2_jax import augment, digits, input_pipeline
 from resnet_v2_jax import config as config_lib
@@ -227,24 +228,6 @@ def test_augment_imports_without_tensorflow():
 
 
 # ----------------------------------------------------------------------------- CIFAR, ImageNet
-
-
-def fake_prepared(name, data_dir, sizes):
-    """Writes the metadata TFDS reads for a prepared dataset; `mock_data` supplies the records."""
-    builder = tfds.builder(name, data_dir=data_dir)
-    builder.info.set_splits(
-        tfds.core.SplitDict(
-            [tfds.core.SplitInfo(name=k, shard_lengths=[n], num_bytes=0) for k, n in sizes.items()]
-        )
-    )
-    os.makedirs(builder.data_dir, exist_ok=True)
-    builder.info.write_to_directory(builder.data_dir)
-
-
-def mock_data(data_dir, num_examples):
-    return tfds.testing.mock_data(
-        num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES, data_dir=data_dir
-    )
 
 
 def test_cifar10_pipeline_on_mock_data(tmp_path):

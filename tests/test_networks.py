@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_fill
 
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import networks, summary
@@ -41,29 +42,6 @@ def model_config(**kw):
 def abstract_variables(model, image=SIZE, batch=1):
     x = jax.ShapeDtypeStruct((batch, image, image, 3), jnp.float32)
     return jax.eval_shape(functools.partial(model.init, train=False), jax.random.PRNGKey(0), x)
-
-
-def random_fill(shapes, seed=0):
-    """Random values for abstract variables, drawn with numpy (no jax.random compile on CPU).
-
-    Kernels He fan-in normal (activations stay O(1)), BN gamma/beta and running statistics random too.
-    """
-    rng = np.random.default_rng(seed)
-
-    def fill(path, s):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = np.prod(s.shape[-4:-1]) if s.ndim >= 4 else s.shape[-2]
-            v = rng.normal(0.0, np.sqrt(2.0 / fan_in), s.shape)
-        elif name in ("scale", "var"):
-            v = rng.uniform(0.5, 1.5, s.shape)
-        elif name in ("bias", "mean"):
-            v = rng.normal(0.0, 0.3, s.shape)
-        else:
-            raise AssertionError(f"unexpected variable {path}")
-        return jnp.asarray(v, s.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 def random_variables(model, seed=0, image=SIZE):

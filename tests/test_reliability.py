@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 60
@@ -289,12 +289,6 @@ def test_full_disk_at_start_is_a_workdir_error(tmp_path, monkeypatch):
 
 
 # ---------------------------------------------------------------- multi-process
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def mp_start(tmp_path, port, pid, n=2, steps=100000):

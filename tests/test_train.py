@@ -13,7 +13,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
+from helpers import fake_prepared, free_port, mock_data
 
 from resnet_v2_jax import checkpoint as ckpt_lib
 from resnet_v2_jax import config as config_lib
@@ -127,12 +126,6 @@ def num_params(tree) -> int:
     return int(sum(np.size(a) for a in jax.tree.leaves(tree)))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class EvalCounts:
     """Wraps train.evaluate to record how many test examples each evaluation counted."""
 
@@ -160,20 +153,6 @@ def digits_dir(digits_data_dir):
 
 
 # ----------------------------------------------------------------------------- TFDS mock data
-
-
-def fake_prepared(name, data_dir, sizes):
-    """Writes the split metadata TFDS reads for a prepared dataset; `mock_data` supplies records."""
-    builder = tfds.builder(name, data_dir=data_dir)
-    builder.info.set_splits(tfds.core.SplitDict(
-        [tfds.core.SplitInfo(name=k, shard_lengths=[n], num_bytes=0) for k, n in sizes.items()]))
-    os.makedirs(builder.data_dir, exist_ok=True)
-    builder.info.write_to_directory(builder.data_dir)
-
-
-def mock_data(data_dir, num_examples):
-    return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES,
-                                  data_dir=data_dir)
 
 
 def assert_results(results, workdir, steps):

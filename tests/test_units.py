@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_fill
 
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import units
@@ -80,29 +81,8 @@ def reference_unit(tokens, variables, x, shortcut=lambda x: x, train=True):
 
 
 def random_variables(module, x, seed=0, **init_kwargs):
-    """Random params and BN statistics of `module`'s shapes (no jax.random: fast on CPU).
-
-    BN gamma/beta and running statistics are random too, so every op's place shows in the values.
-    """
-    shapes = jax.eval_shape(functools.partial(module.init, **init_kwargs), jax.random.PRNGKey(0), x)
-    rng = np.random.default_rng(seed)
-
-    def fill(path, s):
-        name = path[-1].key
-        if name == "kernel":
-            fan_in = np.prod(s.shape[-4:-1]) if s.ndim >= 4 else s.shape[-2]
-            v = rng.normal(0.0, np.sqrt(2.0 / fan_in), s.shape)
-        elif name == "scale":
-            v = rng.uniform(0.5, 1.5, s.shape)
-        elif name in ("bias", "mean"):
-            v = rng.normal(0.0, 0.3, s.shape)
-        elif name == "var":
-            v = rng.uniform(0.5, 2.0, s.shape)
-        else:
-            raise AssertionError(f"unexpected variable {path}")
-        return jnp.asarray(v, s.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
+    """Random params and BN statistics of `module`'s shapes (`helpers.random_fill`)."""
+    return random_fill(jax.eval_shape(functools.partial(module.init, **init_kwargs), jax.random.PRNGKey(0), x), seed)
 
 
 def make_x(seed=1, shape=(4, 8, 8, C)):

@@ -1,0 +1,58 @@
+"""Helpers several test modules share (imported as `helpers`: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def random_fill(shapes, seed=0):
+    """Random values for abstract variables, drawn with numpy (no jax.random compile on CPU).
+
+    Kernels He fan-in normal (activations stay O(1)); BN gamma/beta and running statistics random
+    too, so every op's place shows in the values.
+    """
+    rng = np.random.default_rng(seed)
+
+    def fill(path, s):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = np.prod(s.shape[-4:-1]) if s.ndim >= 4 else s.shape[-2]
+            v = rng.normal(0.0, np.sqrt(2.0 / fan_in), s.shape)
+        elif name in ("scale", "var"):
+            v = rng.uniform(0.5, 1.5, s.shape)
+        elif name in ("bias", "mean"):
+            v = rng.normal(0.0, 0.3, s.shape)
+        else:
+            raise AssertionError(f"unexpected variable {path}")
+        return jnp.asarray(v, s.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def fake_prepared(name, data_dir, sizes):
+    """Writes the split metadata TFDS reads for a prepared dataset; `mock_data` supplies records."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.info.set_splits(tfds.core.SplitDict(
+        [tfds.core.SplitInfo(name=k, shard_lengths=[n], num_bytes=0) for k, n in sizes.items()]))
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+
+
+def mock_data(data_dir, num_examples):
+    import tensorflow_datasets as tfds
+
+    return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES,
+                                  data_dir=data_dir)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
