@@ -76,30 +76,8 @@ die_usage() {
   exit 2
 }
 
-# Print one argument so that a POSIX shell reads it back as exactly that argument. In
-# `--flag=value` and `NAME=value` only the value is quoted: easier to read, and a
-# `NAME=value` in front of a command stays an environment assignment.
-shell_quote() {
-  local arg=$1 prefix="" sq="'\\''"
-  if [[ $arg =~ ^(--[A-Za-z0-9_.-]+=|[A-Za-z_][A-Za-z0-9_]*=)(.*)$ ]]; then
-    prefix=${BASH_REMATCH[1]}
-    arg=${BASH_REMATCH[2]}
-  fi
-  if [[ $arg =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s%s' "$prefix" "$arg"
-  else
-    printf "%s'%s'" "$prefix" "${arg//\'/$sq}"
-  fi
-}
-
-# Join arguments into one shell command line, each argument quoted.
-shell_join() {
-  local out="" arg
-  for arg in "$@"; do
-    out+="${out:+ }$(shell_quote "$arg")"
-  done
-  printf '%s' "$out"
-}
+# shellcheck source=shell_quote.sh
+source "$(dirname "${BASH_SOURCE[0]}")/shell_quote.sh"
 
 # Run a command, or print it under --dry-run. The same argv is used either way.
 run_cmd() {

@@ -105,7 +105,8 @@ def test_shellcheck_passes():
     if probe.returncode != 0:
         pytest.skip(f"shellcheck is installed but does not run: {probe.stderr.strip()}")
     result = subprocess.run(
-        [exe, "--shell=bash", *map(str, SCRIPTS), *map(str, BENCH_SCRIPTS)], capture_output=True, text=True,
+        [exe, "--shell=bash", "--external-sources", "--source-path=SCRIPTDIR", *map(str, SCRIPTS),
+         str(SCRIPTS[0].parent / "shell_quote.sh"), *map(str, BENCH_SCRIPTS)], capture_output=True, text=True,
         check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
