@@ -69,7 +69,7 @@ def markdown(rows, missing, compiled=()) -> str:
                      f"{r['images_per_second']:.1f} | {comp} | {mem} | {r['device']} |")
     for r in compiled:
         peak = r.get("compiled_peak_bytes")
-        lines.append(f"\nCompile only: {r['model']} batch {r['batch']} {r.get('dtype', '')}: compile "
+        lines.append(f"\nCompile only: {r['model']} batch {r['batch']} {r.get('dtype') or ''}: compile "
                      f"{r['compile_s']:.1f} s, XLA's compiled bytes "
                      f"{'n/a' if peak is None else f'{peak / 2**30:.2f} GiB'}, cache {r.get('compilation_cache')}")
     for r in missing:

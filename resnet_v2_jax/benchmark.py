@@ -172,9 +172,9 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
     """
     pixels = config.dataset == "imagenet2012"
     colour = pixels and config.augment and config.imagenet_augment == "inception" and not eval_mode
-    rows = (config.dataset in ("cifar10", "cifar100") and config.augment_on_device and not eval_mode
-            and DATASET_ROWS)
-    device_augment = bool(rows) and config.augment
+    on_device = config.dataset in ("cifar10", "cifar100") and config.augment_on_device and not eval_mode
+    rows = DATASET_ROWS if on_device else 0
+    device_augment = on_device and config.augment
     config = prepare(config)
     batch_size = config.batch_size
     image_shape = (config.image_size, config.image_size, 3)

@@ -5,9 +5,8 @@ JPEG decode fused with the crop -> the experiment's augmentation -> normalised f
 numpy, exactly what the training loop consumes), once per `--threads` value (`data_threads`: a
 private tf.data pool of that many threads, ops single-threaded).
 
-Per-core speed is measured two ways: `images_per_second / threads`, and images per CPU-second of
-this process (user + system time of all its threads over the timed batches), which also counts
-the Python loop and the copies into numpy. `cores_for_target` = target images/s / images per
+Per-core speed is images per CPU-second of this process (user + system time of all its threads
+over the timed batches), which also counts the Python loop and the copies into numpy. `cores_for_target` = target images/s / images per
 CPU-second, rounded up: how many cores one accelerator needs at that step rate.
 
 Without the real ImageNet, `--sample_dir=DIR` prepares (once) and reads the small imagenet2012
@@ -28,7 +27,7 @@ import time
 from absl import flags, logging
 
 KEYS = ("dataset", "split", "augment", "image_size", "batch", "threads", "batches", "warmup", "seconds",
-        "images_per_second", "images_per_second_per_thread", "cpu_seconds", "images_per_cpu_second",
+        "images_per_second", "cpu_seconds", "images_per_cpu_second",
         "cores_busy", "target_images_per_second", "cores_for_target", "epoch_starts", "machine_cores", "sample",
         "tensorflow_version", "date")
 
@@ -68,7 +67,6 @@ def run(config, threads: int, batches: int, warmup: int, split: str = "train", t
         "batch": config.batch_size if split == "train" else config.eval_batch_size,
         "threads": threads, "batches": batches, "warmup": warmup, "seconds": round(seconds, 6),
         "images_per_second": round(images / seconds, 1),
-        "images_per_second_per_thread": round(images / seconds / threads, 1),
         "cpu_seconds": round(cpu, 6), "images_per_cpu_second": round(per_cpu_second, 1),
         "cores_busy": round(cpu / seconds, 2), "target_images_per_second": target,
         "cores_for_target": math.ceil(target / per_cpu_second) if target else None,
@@ -90,7 +88,7 @@ def format_result(r: dict) -> str:
         need += f" (includes {r['epoch_starts']} epoch start(s): use more images or fewer batches)"
     return (f"{r['dataset']} {r['split']} ({r['augment']}, {r['image_size']}px) batch {r['batch']}, "
             f"{r['threads']} thread(s) on a {r['machine_cores']}-core machine{' [sample data]' if r['sample'] else ''}:\n"
-            f"  {r['images_per_second']:.1f} images/s ({r['images_per_second_per_thread']:.1f} per thread), "
+            f"  {r['images_per_second']:.1f} images/s, "
             f"{r['images_per_cpu_second']:.1f} images per CPU-second, {r['cores_busy']:.2f} cores busy{need}")
 
 

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -57,8 +58,10 @@ def test_sample_is_prepared_by_the_tfds_builder_with_imagenet_sized_jpegs(sample
         labels.add(int(ex["label"]))
     assert labels == set(range(CLASSES))  # the first synsets of labels.txt, every one used
     assert 333 <= min(shorter) and max(shorter) <= 500
-    # Preparing again reuses it: the builder is not run twice.
+    # Preparing again reuses it: neither the archives nor the records are written again.
+    written = sorted(p.stat().st_mtime_ns for p in Path(sample_dir).rglob("*") if p.is_file())
     assert sample_imagenet.prepare(sample_dir, train=TRAIN, val=VAL, classes=CLASSES).is_prepared()
+    assert sorted(p.stat().st_mtime_ns for p in Path(sample_dir).rglob("*") if p.is_file()) == written
 
 
 def test_sample_rejects_fewer_images_than_classes(tmp_path):
