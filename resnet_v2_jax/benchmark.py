@@ -12,7 +12,8 @@ each step blocked on (`jax.block_until_ready` of the new state and metrics) befo
 stops: `step_ms` is the median, with min and max, of those per-step times. Blocking each step
 costs one host round trip per step (the next step is not queued while one runs) and gives the
 distribution; `--timing=loop` instead runs the steps back to back with one block at the end
-and reports their mean (min = max = mean).
+and reports their mean (min = max = mean). `dispatch_ms` is the median host time for a timed
+step's call to return, before the block: the most that launching several steps at once could save.
 
 Throughput: `images_per_second` = batch / step time; model TFLOP/s counts 6 x forward
 multiply-adds per image for training (2 for the forward pass, 4 for the backward) and 2 x for
@@ -50,7 +51,7 @@ XLA_GPU_PERF_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "dtype", "scan", "remat",
         "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
-        "step_ms_min", "step_ms_max", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
+        "step_ms_min", "step_ms_max", "dispatch_ms", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
 DATASET_ROWS = 50_000  # CIFAR's training set, held on device with augment_on_device
@@ -92,6 +93,7 @@ class Runner:
         self.compile_s = time.perf_counter() - t0
         self.compiled_peak_bytes = compiled_peak_bytes(self.compiled)
         self.metrics = None
+        self.dispatch_s = []  # per blocked step: seconds until the call returned, before the block
 
     def call(self):
         out = self.compiled(self.state, self.batch, *self.extra)
@@ -104,6 +106,7 @@ class Runner:
         """Seconds of one call, blocked on the new state and metrics."""
         t0 = time.perf_counter()
         self.call()
+        self.dispatch_s.append(time.perf_counter() - t0)
         jax.block_until_ready((self.state, self.metrics))
         return time.perf_counter() - t0
 
@@ -245,6 +248,11 @@ def result(runner: Runner, desc: dict, first: float, times: list[float], warmup:
         "step_ms": round(step_s * 1e3, 3),
         "step_ms_min": round(min(times) * 1e3, 3),
         "step_ms_max": round(max(times) * 1e3, 3),
+        # Host time to launch one step (median over the timed blocked steps; None for --timing=loop).
+        # JAX dispatches asynchronously, so while it stays well under step_ms the host queues the next
+        # step before the device is free: several steps per dispatch would save at most this.
+        "dispatch_ms": (round(statistics.median(runner.dispatch_s[-len(times):]) * 1e3, 3)
+                        if timing == "step" else None),
         "images_per_second": round(batch_size / step_s, 2),
         "tflops": round(tflops, 6),
         "peak_fraction": round(tflops / peak_tflops, 6) if peak_tflops else None,
@@ -287,6 +295,10 @@ def _size(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+def _ms(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f} ms"
+
+
 def format_result(r: dict) -> str:
     mem, xla = _size(r["peak_bytes_in_use"]), _size(r["compiled_peak_bytes"])
     head = (f"{r['impl']} {r['mode']} {r['model']} ({r['experiment']}) batch {r['batch']} {r['dtype']} "
@@ -297,7 +309,7 @@ def format_result(r: dict) -> str:
     peak = f" ({100 * r['peak_fraction']:.1f}% of peak)" if r["peak_fraction"] is not None else ""
     return (f"{head}, first step {r['first_step_s']:.3f} s\n"
             f"  step {r['step_ms']:.2f} ms median (min {r['step_ms_min']:.2f}, max {r['step_ms_max']:.2f}; "
-            f"{r['steps']} steps after {r['warmup']} warm-up)\n"
+            f"{r['steps']} steps after {r['warmup']} warm-up; host dispatch {_ms(r['dispatch_ms'])})\n"
             f"  {r['images_per_second']:.1f} images/s, {r['tflops']:.4f} model TFLOP/s{peak}, peak memory {mem}")
 
 

@@ -209,9 +209,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     t_log = time.time()
     step, log_step, rollbacks = start, start, 0
     train_seconds = 0.0
+    input_seconds = 0.0  # host seconds waiting for the next batch since the last log
+    starved_warned = False
     try:
         while step < total:
+            t0 = time.perf_counter()
             batch = synthetic if data is None else _global(next(batches), sharding)
+            input_seconds += time.perf_counter() - t0
             state, metrics = train_fn(state, batch, train_images)
             pending.append(metrics)
             step += 1
@@ -250,13 +254,25 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                 values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
                 values.update(learning_rate=float(lr_fn(step - 1)),
                               images_per_second=n_steps * config.batch_size / max(elapsed, 1e-9),
-                              step_time_s=elapsed / max(n_steps, 1))
+                              step_time_s=elapsed / max(n_steps, 1),
+                              # The loop waits only for the next batch and (when the device queue
+                              # is full) inside the step call, so input_ms near step_time_s means
+                              # the input pipeline, not the device, sets the pace.
+                              input_ms=1e3 * input_seconds / max(n_steps, 1))
+                input_seconds = 0.0
+                if is_lead and not starved_warned and values["input_ms"] > 500 * values["step_time_s"]:
+                    starved_warned = True
+                    logging.warning(
+                        "the input pipeline sets the pace: %.1f ms of each %.1f ms step went to waiting "
+                        "for the next batch; give it more CPU cores (--config.data_threads) or move "
+                        "augmentation to the device", values["input_ms"], 1e3 * values["step_time_s"])
                 writer.write(step, "train", values)
                 if is_lead:
                     rate = values["step_time_s"]
                     print(f"step {step}/{total} ({100 * step / total:.1f}%)  loss {values['loss']:.4f}  "
                           f"train error {100 * values['error']:.2f}%  lr {values['learning_rate']:.4g}  "
-                          f"{values['images_per_second']:.0f} img/s  {rate:.3f} s/step  "
+                          f"{values['images_per_second']:.0f} img/s  {rate:.3f} s/step "
+                          f"(input {values['input_ms']:.1f} ms)  "
                           f"ETA {_format_eta((total - step) * rate)}", flush=True)
                 t_log, log_step = time.time(), step
             if at_eval:

@@ -42,6 +42,7 @@ def check_result(r: dict, mode: str) -> None:
     assert r["mode"] == mode and r["batch"] == 8 and r["model"] == "cifar8" and r["depth"] == 8
     assert r["compile_s"] > 0 and r["step_ms"] > 0
     assert r["step_ms_min"] <= r["step_ms"] <= r["step_ms_max"]
+    assert 0 < r["dispatch_ms"] <= r["step_ms_max"]  # launching a step is part of its blocked time
     assert r["images_per_second"] == pytest.approx(8 / (r["step_ms"] / 1000), rel=1e-3)
     factor = 6 if mode == "train" else 2
     assert r["macs_per_image"] == tiny_macs()
@@ -171,3 +172,14 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
     assert "Not measured: " in table and "cifar1001_b128" in table
     chart.chart(rows, str(tmp_path / "t.png"), "test")
     assert (tmp_path / "t.png").stat().st_size > 1000
+    # One dtype: bars are named by implementation. Two (a CPU float32 and bf16 comparison): by both.
+    assert "torch-eager" in chart.bars(rows)[1]
+    cpu = [dict(base, model="cifar110", batch=32, dtype=d, images_per_second=v) for d, v in
+           (("float32", 50.0), ("bfloat16", 40.0))]
+    cpu += [{"peer": "torch-eager", "model": "cifar110", "batch": 32, "img_s": 160.0},
+            {"peer": "torch-eager", "model": "cifar110", "batch": 32, "img_s": 88.0, "dtype": "float32"}]
+    path.write_text("\n".join(json.dumps(x) for x in cpu) + "\n")
+    groups, labels, value = chart.bars(chart.load([path])[0])
+    assert labels == ["ours bf16", "ours f32", "torch-eager bf16",
+                      "torch-eager f32"]
+    assert value[("cifar110", 32, "train", "torch-eager f32")] == 88.0 and len(value) == 4

@@ -10,6 +10,7 @@ width 0.25) so compile time, not training, dominates.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -169,6 +170,8 @@ def assert_results(results, workdir, steps):
     train_lines = read_metrics(workdir, "train")
     assert [m["step"] for m in train_lines] == list(range(1, steps + 1))
     assert all({"loss", "error", "grad_norm", "learning_rate"} <= set(m) for m in train_lines)
+    # The wait for each batch is timed inside the step's wall-clock window, so it can't exceed it.
+    assert all(0 < m["input_ms"] <= 1e3 * m["step_time_s"] for m in train_lines)
     tests = read_metrics(workdir, "test")
     assert [m["step"] for m in tests] == [steps]
     assert tests[0]["error"] == pytest.approx(on_disk["final_test_error"])
@@ -409,6 +412,26 @@ def sigterm_run(tmp_path_factory, digits_dir):
     out, _ = proc.communicate(timeout=120)
     return {"workdir": workdir, "rc": proc.returncode, "out": out,
             "metrics": read_metrics(workdir), "checkpoints": os.listdir(os.path.join(workdir, "checkpoints"))}
+
+
+def test_a_slow_input_pipeline_is_reported(tmp_path, digits_dir, monkeypatch, caplog):
+    # Each batch takes 0.3 s to arrive, far longer than the tiny step: the loop must say so.
+    from resnet_v2_jax import input_pipeline
+
+    original = input_pipeline._InMemoryData.train_batches
+
+    def slow(self, start_step=0):
+        for batch in original(self, start_step):
+            time.sleep(0.3)
+            yield batch
+
+    monkeypatch.setattr(input_pipeline._InMemoryData, "train_batches", slow)
+    workdir = str(tmp_path / "run")
+    with caplog.at_level(logging.WARNING):
+        train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=3), workdir)
+    lines = read_metrics(workdir)
+    assert all(m["input_ms"] >= 300 for m in lines)
+    assert sum("the input pipeline sets the pace" in r.getMessage() for r in caplog.records) == 1
 
 
 def test_sigterm_saves_exits_zero_and_rerun_resumes(sigterm_run, digits_dir):
