@@ -77,15 +77,30 @@ def markdown(rows, missing, compiled=()) -> str:
     return "\n".join(lines) + "\n"
 
 
+SHORT_DTYPE = {"bfloat16": "bf16", "bf16-autocast": "bf16", "float32": "f32"}
+
+
+def bars(rows) -> tuple[list, list, dict]:
+    """(groups, bar labels, {group + (label,): images/s}). When the rows hold more than one dtype
+    (a CPU comparison in float32 and bf16), each label names its dtype, so no bar hides another."""
+    dtypes = {SHORT_DTYPE.get(r["dtype"], r["dtype"]) for r in rows}
+
+    def label(r):
+        return f"{r['impl']} {SHORT_DTYPE.get(r['dtype'], r['dtype'])}" if len(dtypes) > 1 else r["impl"]
+
+    groups = sorted({(r["model"], r["batch"], r["mode"]) for r in rows})
+    labels = sorted({label(r) for r in rows}, key=lambda i: (not i.startswith("ours"), i))
+    value = {(r["model"], r["batch"], r["mode"], label(r)): r["images_per_second"] for r in rows}
+    return groups, labels, value
+
+
 def chart(rows, png: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({(r["model"], r["batch"], r["mode"]) for r in rows})
-    impls = sorted({r["impl"] for r in rows}, key=lambda i: (i != "ours", i))
-    value = {(r["model"], r["batch"], r["mode"], r["impl"]): r["images_per_second"] for r in rows}
+    groups, impls, value = bars(rows)
     width = 0.8 / max(1, len(impls))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4.5))
     for k, impl in enumerate(impls):
@@ -94,8 +109,8 @@ def chart(rows, png: str, title: str) -> None:
             if group + (impl,) in value:
                 xs.append(g + (k - (len(impls) - 1) / 2) * width)
                 ys.append(value[group + (impl,)])
-        bars = ax.bar(xs, ys, width, label=impl)
-        ax.bar_label(bars, fmt="%.3g", fontsize=7)
+        drawn = ax.bar(xs, ys, width, label=impl)
+        ax.bar_label(drawn, fmt="%.3g", fontsize=7)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{m}\nbatch {b}" + ("" if mode == "train" else f"\n{mode}") for m, b, mode in groups])
     ax.set_ylabel("images / second (higher is better)")
