@@ -70,6 +70,9 @@ ours 60 --config=experiments/cifar1001.py --compile_only --compilation_cache_dir
 ours 60 --config=experiments/cifar1001.py --compile_only --compilation_cache_dir=/tmp/xla_cache_bench
 ours 60 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --xla_gpu_perf_flags
 
+# XLA's own count of the bytes the ImageNet step's colour jitter + normalisation touch, on the GPU.
+[ "$(budget 30)" -gt 0 ] && timeout 30 python3 bench/colour_cost.py >"$OUT/colour_cost.jsonl" 2>>"$OUT/log.txt"
+
 python3 bench/chart.py "$OUT/ours.jsonl" "$OUT/peer.jsonl" --png "$OUT/throughput.png" --md "$OUT/table.md" \
   --title "bf16 training step, $(head -1 "$OUT/gpu.txt" | cut -d, -f1)" || true
 cat "$OUT/table.md" 2>/dev/null

@@ -183,3 +183,15 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
     assert labels == ["ours bf16", "ours f32", "torch-eager bf16",
                       "torch-eager f32"]
     assert value[("cifar110", 32, "train", "torch-eager f32")] == 88.0 and len(value) == 4
+
+
+def test_colour_cost_counts_at_least_the_bytes_the_input_work_must_move():
+    """bench/colour_cost.py, the GPU-time estimate of the ImageNet step's on-device input work:
+    normalising reads n uint8 bytes and writes 4n float32 bytes; the colour jitter adds passes."""
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "colour_cost.py"), "--batch=2", "--size=32"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    colour, norm = json_lines(p.stdout)
+    n = 2 * 32 * 32 * 3
+    assert colour["work"] == "colour+normalise" and norm["work"] == "normalise"
+    assert 5 * n <= norm["bytes_accessed"] < colour["bytes_accessed"]
