@@ -43,6 +43,8 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
                 impl += f" ({r['input']} input)"  # ImageNet: on-device normalisation (+ colour)
             if r.get("xla_gpu_perf_flags"):
                 impl += " +XLA GPU flags"
+            if r.get("remat"):
+                impl += f" +remat({r.get('remat_policy')})"
             rows.append({
                 "impl": impl,
                 "model": r["model"],

@@ -50,7 +50,7 @@ from resnet_v2_jax import step as step_lib
 XLA_GPU_PERF_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "dtype", "scan", "remat",
-        "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
+        "remat_policy", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
         "step_ms_min", "step_ms_max", "dispatch_ms", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
@@ -224,6 +224,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "dtype": config.model.dtype,
         "scan": bool(config.model.scan) and not baseline,
         "remat": bool(config.model.remat) and not baseline,
+        "remat_policy": config.model.remat_policy if config.model.remat and not baseline else None,
         "params": params,
         "macs_per_image": analysis["macs"],
         "input": ("float32" if baseline or not (pixels or rows) else "uint8+colour" if colour
