@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Ours beside the PyTorch peer on this CPU, one command after another (never two at once: 2 cores).
 # Needs torch (pip install torch) and ../shared/bench/peer_torch.py copied to .bench/ (git-ignored).
-# Usage: bash bench/cpu_peers.sh [results.jsonl]   (about 20 minutes on a 2-core x86-64 CPU)
+# Usage: bash bench/cpu_peers.sh [results.jsonl]   (about 25 minutes on a 2-core x86-64 CPU)
 set -u
 cd "$(dirname "$0")/.." || exit 1
 R=${1:-bench/cpu_peers.jsonl}
@@ -25,3 +25,8 @@ run 400 env TORCHINDUCTOR_CACHE_DIR="$(mktemp -d)" python $PEER cifar110 32 7 co
 run 300 "${B[@]}" --config=experiments/cifar1001.py --steps=1 --warmup=0
 run 300 python bench/peer_f32.py $PEER cifar1001 64 1 eager
 run 300 env TORCHINDUCTOR_CACHE_DIR="$(mktemp -d)" python $PEER cifar1001 64 1 compile
+# ImageNet ResNet-50 batch 8, float32 (the experiment file says bf16): ours as training feeds it (uint8 + colour on device), ours
+# with normalisation only (the closest to the peer's float batch), PyTorch eager.
+run 300 "${B[@]}" --config=experiments/imagenet_resnet50.py --config.batch_size=8 --steps=5 --warmup=1 --config.model.dtype=float32
+run 300 "${B[@]}" --config=experiments/imagenet_resnet50.py --config.batch_size=8 --steps=5 --warmup=1 --config.augment=False --config.model.dtype=float32
+run 300 python bench/peer_f32.py $PEER in50 8 5 eager
