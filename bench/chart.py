@@ -103,23 +103,31 @@ def chart(rows, png: str, title: str) -> None:
     import matplotlib.pyplot as plt
 
     groups, impls, value = bars(rows)
-    width = 0.8 / max(1, len(impls))
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4.5))
+    # Each group holds only the bars it has, centred on its tick; an implementation keeps its colour.
+    present = {group: [i for i in impls if group + (i,) in value] for group in groups}
+    width = 0.8 / max(1, max(len(p) for p in present.values()))
+    colours = plt.get_cmap("tab20" if len(impls) > 10 else "tab10")
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 2) + 3, 4.5))
     for k, impl in enumerate(impls):
         xs, ys = [], []
         for g, group in enumerate(groups):
-            if group + (impl,) in value:
-                xs.append(g + (k - (len(impls) - 1) / 2) * width)
+            if impl in present[group]:
+                j, m = present[group].index(impl), len(present[group])
+                xs.append(g + (j - (m - 1) / 2) * width)
                 ys.append(value[group + (impl,)])
-        drawn = ax.bar(xs, ys, width, label=impl)
+        drawn = ax.bar(xs, ys, width, label=impl, color=colours(k))
         ax.bar_label(drawn, fmt="%.3g", fontsize=7)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{m}\nbatch {b}" + ("" if mode == "train" else f"\n{mode}") for m, b, mode in groups])
-    ax.set_ylabel("images / second (higher is better)")
+    values = list(value.values())
+    log = min(values) > 0 and max(values) / min(values) > 20  # models 20x apart: small bars stay visible
+    if log:
+        ax.set_yscale("log")
+    ax.set_ylabel("images / second (higher is better" + (", log scale)" if log else ")"))
     import textwrap
 
     ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the axes, never over a bar
     fig.tight_layout()
     fig.savefig(png, dpi=120)
 
