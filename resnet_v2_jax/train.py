@@ -260,7 +260,10 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                               # the input pipeline, not the device, sets the pace.
                               input_ms=1e3 * input_seconds / max(n_steps, 1))
                 input_seconds = 0.0
-                if is_lead and not starved_warned and values["input_ms"] > 500 * values["step_time_s"]:
+                # Not in the first window after a (re)start: it also holds the compile and the
+                # input pipeline's warm-up (e.g. filling the shuffle buffer).
+                if (is_lead and not starved_warned and log_step > start
+                        and values["input_ms"] > 500 * values["step_time_s"]):
                     starved_warned = True
                     logging.warning(
                         "the input pipeline sets the pace: %.1f ms of each %.1f ms step went to waiting "
