@@ -6,8 +6,9 @@
 # ../shared/bench/peer_torch.py copied to .bench/ (both git-ignored); the call carries them:
 #   run(command="bash bench/gpu_compare.sh", carry=[".whl", ".bench"], timeout_s=540)
 # Each command has its own timeout, so one slow or failing model never costs the others.
-# A plumbing check without a GPU (tiny steps, peers fail without torch):
-#   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" DEADLINE_S=400 bash bench/gpu_compare.sh
+# A plumbing check without a GPU (tiny steps; peers fail without torch or .bench/; the cifar1001_b128
+# line fails at batch 8, whose BN groups are 64 images; about 5 minutes on 2 cores):
+#   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" DEADLINE_S=600 bash bench/gpu_compare.sh
 set -u
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/gpu_compare_out}
