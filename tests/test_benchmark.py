@@ -4,8 +4,10 @@ no TensorFlow imported, `--eval` and the plain Flax baseline, and a bad config a
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,26 @@ def test_colour_cost_counts_at_least_the_bytes_the_input_work_must_move():
     n = 2 * 32 * 32 * 3
     assert colour["work"] == "colour+normalise" and norm["work"] == "normalise"
     assert 5 * n <= norm["bytes_accessed"] < colour["bytes_accessed"]
+
+
+def test_peer_f32_runs_the_peer_without_autocast_and_labels_its_line(tmp_path):
+    """bench/peer_f32.py, the float32 CPU run of the PyTorch peer, tried on a stand-in torch (CI has
+    none): the peer must see `torch.autocast` as a no-op, and its JSON line gains dtype float32."""
+    fake = tmp_path / "fake" / "torch"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("def autocast(*a, **k):\n    raise RuntimeError('autocast used')\n")
+    peer = tmp_path / "peer.py"
+    peer.write_text(textwrap.dedent("""\
+        import json, sys, torch
+        with torch.autocast(device_type="cpu"):
+            pass
+        print("a warning line")
+        print(json.dumps({"peer": "torch-eager", "model": sys.argv[1], "img_s": 1.0}))
+    """))
+    env = dict(os.environ, PYTHONPATH=str(fake.parent))
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "peer_f32.py"), str(peer), "cifar110"],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == "a warning line"
+    (line,) = json_lines(p.stdout)
+    assert line == {"peer": "torch-eager", "model": "cifar110", "img_s": 1.0, "dtype": "float32"}
