@@ -27,6 +27,7 @@ the accelerators, which belong to JAX. Everything yielded is numpy.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import itertools
 import math
@@ -399,30 +400,63 @@ class _ImageNetData(Data):
 
         return ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
+    # Batches before an epoch's end at which the next epoch's pipeline is opened in a background
+    # thread: opening one means reading `shuffle_buffer` records (16,384 by default, ~1.8 GB of
+    # JPEGs) before its first batch, a stall of seconds at every epoch start if done in line.
+    # Two shuffle buffers are held for those last batches of each epoch.
+    LOOKAHEAD_BATCHES = 64
+
+    def _open_epoch(self, epoch: int, skip: int, fillers: int) -> Iterator[dict]:
+        """Epoch `epoch`'s batches from example `skip`, its first batch already fetched (so its
+        shuffle buffer is full), after `fillers` placeholder rows where a carried batch goes."""
+        ds = self._epoch(epoch, skip)
+        if fillers:
+            # Placeholders where the carried rows go, so tf.data batches on the global grid of
+            # batch boundaries; they are overwritten in train_batches and never decoded.
+            filler = {
+                "image": tf.zeros((self.image_size, self.image_size, 3), tf.uint8),
+                "label": tf.zeros((), tf.int32),
+            }
+            ds = tf.data.Dataset.from_tensors(filler).repeat(fillers).concatenate(ds)
+        it = ds.batch(self._local).prefetch(2).with_options(self._options()).as_numpy_iterator()
+        first = next(it, None)
+        return it if first is None else itertools.chain([first], it)
+
     def train_batches(self, start_step: int = 0) -> Iterator[dict]:
         b = self._local
         epoch, skip = divmod(start_step * b, self._shard)
         carry = None  # the first rows of a batch that straddles two epochs
-        while True:
-            ds = self._epoch(epoch, skip)
-            if carry is not None:
-                # Placeholders where the carried rows go, so tf.data batches on the global
-                # grid of batch boundaries; they are overwritten below and never decoded.
-                filler = {
-                    "image": tf.zeros((self.image_size, self.image_size, 3), tf.uint8),
-                    "label": tf.zeros((), tf.int32),
-                }
-                ds = tf.data.Dataset.from_tensors(filler).repeat(len(carry["label"])).concatenate(ds)
-            for batch in ds.batch(b).prefetch(2).with_options(self._options()).as_numpy_iterator():
-                if carry is not None:
-                    n = len(carry["label"])
-                    batch = {k: np.concatenate([carry[k], batch[k][n:]]) for k in batch}
-                    carry = None
-                if len(batch["label"]) < b:
-                    carry = batch  # the epoch's last, partial batch
-                    break
-                yield batch
-            epoch, skip = epoch + 1, 0
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="next-epoch")
+        upcoming = None  # the next epoch's batches, being opened in `pool`
+        try:
+            while True:
+                fillers = 0 if carry is None else len(carry["label"])
+                rows = fillers + self._shard - skip
+                # The next epoch's fillers are this one's leftover rows: known now, so it can open
+                # early. LOOKAHEAD_BATCHES = 0 opens it in line instead, once this one has ended.
+                ahead = self.LOOKAHEAD_BATCHES
+                open_at, next_fillers = (max(0, rows // b - ahead) if ahead else None), rows % b
+                batches = upcoming.result() if upcoming is not None else self._open_epoch(epoch, skip, fillers)
+                upcoming = None
+                # Exactly this epoch's batches (the last one partial if rows % b), then the iterator
+                # is released in `pool`: both asking a tf.data iterator for its end and deleting it
+                # could block for seconds while TF winds its threads down (0.9-3 s, 1 run in 2-3
+                # under load, measured), a stall of the whole training loop if done here.
+                for i, batch in enumerate(itertools.islice(batches, -(-rows // b))):
+                    if i == open_at:
+                        upcoming = pool.submit(self._open_epoch, epoch + 1, 0, next_fillers)
+                    if carry is not None:
+                        batch = {k: np.concatenate([carry[k], batch[k][fillers:]]) for k in batch}
+                        carry = None
+                    if len(batch["label"]) < b:
+                        carry = batch  # the epoch's last, partial batch
+                        break
+                    yield batch
+                pool.submit(_release, batches)
+                batches = None
+                epoch, skip = epoch + 1, 0
+        finally:  # the consumer stopped (end of training, a rollback): drop what was opened ahead
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def test_batches(self) -> Iterator[dict]:
         local, size = self._eval_local, self.eval_image_size
@@ -440,6 +474,12 @@ class _ImageNetData(Data):
         empty = {"image": np.zeros((0, size, size, 3), np.uint8), "label": np.zeros((0,), np.int32)}
         for _ in range(count, self._eval_batches):
             yield _pad(empty, local)
+
+
+def _release(spent) -> None:
+    """Runs in a worker thread, holding the last reference to a spent epoch's batch iterator: it is
+    deleted there when this returns, and TF's teardown of its threads blocks that thread only."""
+    del spent
 
 
 def _pad(batch: dict, size: int) -> dict:

@@ -105,6 +105,24 @@ def test_sample_batches_are_uint8_and_resume_exactly(sample_dir, mode):
     assert all(t["image"].dtype == np.uint8 for t in tests)
 
 
+def test_opening_the_next_epoch_early_changes_no_batch(sample_dir, monkeypatch):
+    """The next epoch's pipeline is opened in a background thread LOOKAHEAD_BATCHES before the end
+    (so its shuffle buffer fills while this epoch trains), with the carried-row count computed
+    ahead. Opened at each epoch's first batch or in line once it has ended (LOOKAHEAD_BATCHES = 0),
+    the batches are the same: 24 images in batches of 5 carry 4, 3, 2 rows into the next epochs."""
+    config = imagenet_config(sample_dir, imagenet_augment="scale", batch_size=5)
+    runs = {}
+    for lookahead in (0, 1000):
+        monkeypatch.setattr(input_pipeline._ImageNetData, "LOOKAHEAD_BATCHES", lookahead)
+        gen = input_pipeline.create(config).train_batches(0)
+        runs[lookahead] = [b for _, b in zip(range(15), gen)]  # 75 rows: into the fourth epoch
+        gen.close()  # stops the generator and its thread, as train.py's rollback does
+    for a, b in zip(runs[0], runs[1000], strict=True):
+        np.testing.assert_array_equal(a["label"], b["label"])
+        np.testing.assert_array_equal(a["image"], b["image"])
+    assert all(len(b["label"]) == 5 for b in runs[0])
+
+
 def test_data_threads_is_validated_and_gives_the_same_batches(sample_dir):
     with pytest.raises(ValueError, match="data_threads"):
         config_lib.validate(imagenet_config(sample_dir, data_threads=-1))
