@@ -47,6 +47,9 @@ def run(config, threads: int, batches: int, warmup: int, split: str = "train", t
     config = config.copy_and_resolve_references()
     config.data_threads = threads
     data = input_pipeline.create(config)
+    # Steady state only: training opens each next epoch ahead in a background thread, which here
+    # would time part of an epoch that is not counted (epoch_starts says how many starts are in).
+    data.LOOKAHEAD_BATCHES = 0
     batches_iter = data.train_batches(0) if split == "train" else _cycle(data.test_batches)
     for _ in range(warmup):
         next(batches_iter)
@@ -59,6 +62,8 @@ def run(config, threads: int, batches: int, warmup: int, split: str = "train", t
     # that start-up, not the steady state, would dominate, so say how many the timing includes.
     size = data.num_train if split == "train" else data.num_test
     epoch_starts = ((warmup + batches) * images // batches - 1) // max(size, 1)
+    if cpu <= 0:
+        raise ValueError(f"{batches} batches used no measurable CPU time; time more (--batches)")
     per_cpu_second = images / cpu
     augment = (config.imagenet_augment if config.augment else "none") if split == "train" else "centre_crop"
     return {
