@@ -222,3 +222,13 @@ def test_peer_f32_runs_the_peer_without_autocast_and_labels_its_line(tmp_path):
     assert p.stdout.splitlines()[0] == "a warning line"
     (line,) = json_lines(p.stdout)
     assert line == {"peer": "torch-eager", "model": "cifar110", "img_s": 1.0, "dtype": "float32"}
+
+
+def test_cpu_conv_parts_times_every_part_at_the_three_cifar_shapes():
+    """bench/cpu_conv_parts.py, which BENCHMARKS.md cites for the CPU gap to PyTorch."""
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "cpu_conv_parts.py"), "--batch=2", "--calls=1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = json_lines(p.stdout)
+    assert [r["shape"] for r in rows] == ["2x32x32x16", "2x16x16x32", "2x8x8x64"]
+    assert all(r[f"xla_{part}_ms"] > 0 for r in rows for part in ("fwd", "dx", "dw"))
