@@ -452,8 +452,8 @@ class _ImageNetData(Data):
                         carry = batch  # the epoch's last, partial batch
                         break
                     yield batch
-                pool.submit(_release, batches)
-                batches = None
+                spent, batches = [batches], None  # handed over whole: the last reference dies in `pool`
+                pool.submit(_release, spent)
                 epoch, skip = epoch + 1, 0
         finally:  # the consumer stopped (end of training, a rollback): drop what was opened ahead
             pool.shutdown(wait=False, cancel_futures=True)
@@ -476,10 +476,10 @@ class _ImageNetData(Data):
             yield _pad(empty, local)
 
 
-def _release(spent) -> None:
-    """Runs in a worker thread, holding the last reference to a spent epoch's batch iterator: it is
-    deleted there when this returns, and TF's teardown of its threads blocks that thread only."""
-    del spent
+def _release(spent: list) -> None:
+    """Runs in a worker thread: empties `spent`, which holds the only reference to a finished
+    epoch's batch iterator, so TF's teardown of its threads blocks this thread, not training."""
+    spent.clear()
 
 
 def _pad(batch: dict, size: int) -> dict:

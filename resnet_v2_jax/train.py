@@ -210,7 +210,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     step, log_step, rollbacks = start, start, 0
     train_seconds = 0.0
     input_seconds = 0.0  # host seconds waiting for the next batch since the last log
-    starved_warned, starved_windows = False, 0
+    starved_windows = 0  # log windows in a row whose input wait neared the step time
     try:
         while step < total:
             t0 = time.perf_counter()
@@ -260,15 +260,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                               # not the device, sets the pace.
                               input_ms=1e3 * input_seconds / max(n_steps, 1))
                 input_seconds = 0.0
-                # Two windows in a row, the first window after a (re)start not counted (it also
-                # holds the compile and the pipeline's warm-up): one epoch boundary's new pipeline
-                # (~0.16 s on 2 CPU cores, measured) or a load spike is no reason to warn.
-                # The host waits for each batch while the device may still run queued steps, so
-                # input_ms approaches step_time_s only when the pipeline is the slower of the two.
+                # Warned once per streak of two or more windows, the first window after a
+                # (re)start not counted (it also holds the compile and the pipeline's warm-up):
+                # a single slow window (a load spike) is no reason to warn. The host waits for each
+                # batch while the device may still run queued steps, so input_ms approaches
+                # step_time_s only when the pipeline is the slower of the two.
                 starved = log_step > start and values["input_ms"] > 800 * values["step_time_s"]
                 starved_windows = starved_windows + 1 if starved else 0
-                if is_lead and not starved_warned and starved_windows == 2:
-                    starved_warned = True
+                if is_lead and starved_windows == 2:
                     logging.warning(
                         "the input pipeline sets the pace: %.1f ms of each %.1f ms step went to waiting "
                         "for the next batch; give it more CPU cores (--config.data_threads) or move "
