@@ -41,8 +41,12 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
                 impl = "ours-unrolled"
             if impl.startswith("ours") and r.get("input", "float32") != "float32":
                 impl += f" ({r['input']} input)"  # ImageNet: on-device normalisation (+ colour)
+            if (r.get("scan_unroll") or 1) > 1:
+                impl += f" +unroll{r['scan_unroll']}"
             if r.get("xla_gpu_perf_flags"):
                 impl += " +XLA GPU flags"
+            elif r.get("xla_flags"):
+                impl += f" +XLA_FLAGS {r['xla_flags']}"
             if r.get("remat"):
                 impl += f" +remat({r.get('remat_policy')})"
             rows.append({

@@ -49,7 +49,7 @@ from resnet_v2_jax import step as step_lib
 # several GPUs. Not measured in this project yet: opt-in only (--xla_gpu_perf_flags).
 XLA_GPU_PERF_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
 
-KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "dtype", "scan", "remat",
+KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "dtype", "scan", "scan_unroll", "remat",
         "remat_policy", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
         "step_ms_min", "step_ms_max", "dispatch_ms", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
@@ -223,6 +223,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "batch": batch_size,
         "dtype": config.model.dtype,
         "scan": bool(config.model.scan) and not baseline,
+        "scan_unroll": config.model.scan_unroll if config.model.scan and not baseline else None,
         "remat": bool(config.model.remat) and not baseline,
         "remat_policy": config.model.remat_policy if config.model.remat and not baseline else None,
         "params": params,
@@ -340,6 +341,7 @@ def main(argv):
     for r in results:
         r["compilation_cache"] = cache
         r["xla_gpu_perf_flags"] = f.xla_gpu_perf_flags
+        r["xla_flags"] = os.environ.get("XLA_FLAGS") or None  # what XLA ran with, perf flags included
         print(json.dumps(r) if f.json else format_result(r), flush=True)
     if f.compare:
         ours, plain = results

@@ -76,6 +76,9 @@ def default() -> ml_collections.ConfigDict:
     m.width = 1.0
     m.dtype = "float32"
     m.scan = True  # fold identical units of a stage with nn.scan (fast compile for 1001 layers)
+    # Units per loop iteration of a scanned stage: on a GPU each iteration of XLA's while loop costs
+    # a host round trip for its condition, so k > 1 trades compile time for fewer trips.
+    m.scan_unroll = 1
     m.remat = False
     m.remat_policy = "conv"
     m.zero_init_last = False  # zero-init each unit's last layer (timm option; not the paper's)
@@ -186,6 +189,8 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
     _choice("model.remat_policy", model.remat_policy, REMAT_POLICIES)
     _positive("model.width", model.width)
     _positive("model.num_classes", model.num_classes)
+    if not isinstance(model.scan_unroll, int) or model.scan_unroll < 1:
+        raise ValueError(f"model.scan_unroll={model.scan_unroll!r} must be an integer >= 1")
     stage_units(model)
     if model.family == "imagenet" and model.block != IMAGENET_STAGES[model.depth][0]:
         raise ValueError(

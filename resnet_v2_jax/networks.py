@@ -3,7 +3,8 @@
 Identical units of a stage (all but its first) are folded with `nn.scan`, so the compiled
 program holds one unit body per stage and ResNet-1001 compiles about as fast as ResNet-164.
 The stacked parameter layout is the same whether the scan is rolled (`model.scan=True`) or
-fully unrolled (`False`, `unroll=length`), so checkpoints do not depend on the choice.
+fully unrolled (`False`, `unroll=length`), or unrolled k units per loop iteration
+(`model.scan_unroll=k`), so checkpoints do not depend on the choice.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class ResNet(nn.Module):
     zero_init_last: bool = False
     dtype: Any = jnp.float32
     scan: bool = True
+    scan_unroll: int = 1
     remat: bool = False
     remat_policy: str = "conv"
     bn_group_size: int = 0
@@ -106,7 +108,7 @@ class ResNet(nn.Module):
                     variable_axes={"params": 0, "batch_stats": 0},
                     split_rngs={"params": True, "dropout": True},
                     length=n - 1,
-                    unroll=1 if self.scan else n - 1,
+                    unroll=min(self.scan_unroll, n - 1) if self.scan else n - 1,
                 )
                 x, _ = stage(unit_cls, rest, name=f"stage{i + 1}_units")(x, None)
 
@@ -137,6 +139,7 @@ def build(model: ml_collections.ConfigDict, bn_group_size: int = 0) -> ResNet:
         zero_init_last=model.zero_init_last,
         dtype=jnp.dtype(model.dtype),
         scan=model.scan,
+        scan_unroll=model.scan_unroll,
         remat=model.remat,
         remat_policy=model.remat_policy,
         bn_group_size=bn_group_size,

@@ -156,6 +156,8 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
             "device_kind": "NVIDIA H200"}
     lines = [dict(base, input="uint8+colour"), dict(base, input="uint8+colour", xla_gpu_perf_flags=True),
              dict(base, input="uint8+colour", remat=True, remat_policy="conv"),
+             dict(base, model="cifar1001", batch=64, input="rows+augment", scan_unroll=10,
+                  xla_flags="--xla_gpu_enable_command_buffer=WHILE"),
              dict(base, model="cifar110", batch=128, scan=False, input="rows+augment"),
              {"peer": "torch-eager", "model": "in50", "batch": 256, "img_s": 5000.0},
              dict(dict.fromkeys(benchmark.KEYS), impl="ours", model="cifar1001", batch=64, timing="compile only",
@@ -168,6 +170,7 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
     assert sorted(r["impl"] for r in rows) == sorted([
         "ours (uint8+colour input)", "ours (uint8+colour input) +XLA GPU flags",
         "ours (uint8+colour input) +remat(conv)",
+        "ours (rows+augment input) +unroll10 +XLA_FLAGS --xla_gpu_enable_command_buffer=WHILE",
         "ours-unrolled (rows+augment input)", "torch-eager"])
     assert [r["model"] for r in compiled] == ["cifar1001"] and len(missing) == 1
     table = chart.markdown(rows, missing, compiled)

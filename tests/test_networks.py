@@ -205,6 +205,28 @@ def test_scan_equals_unrolled_in_train_and_eval(net20):
     close(model.apply(variables, x, train=False), unrolled.apply(variables, x, train=False))
 
 
+def test_scan_unroll_changes_no_number(net20):
+    """k units per loop iteration (3 units per stage: 2 scanned, so k=2 unrolls fully, k=5 is capped)."""
+    cfg, model, variables, x = net20
+    y1, s1 = apply_train(model, variables, x)
+    for k in (2, 5):
+        cfg2 = cfg.copy_and_resolve_references()
+        cfg2.scan_unroll = k
+        net = networks.build(cfg2)
+        y2, s2 = apply_train(net, variables, x)
+        close(y1, y2)
+        tree_close(s1, s2)
+        jaxpr = jax.make_jaxpr(lambda v: net.apply(v, x, train=False))(variables)
+        assert [e.params["unroll"] for e in jaxpr.eqns if e.primitive.name == "scan"] == [2, 2, 2]
+
+
+def test_scan_unroll_must_be_a_positive_integer():
+    cfg = model_config()
+    cfg.scan_unroll = 0
+    with pytest.raises(ValueError, match=r"model.scan_unroll=0 must be an integer >= 1"):
+        networks.build(cfg)
+
+
 def _stage_io(model, variables, x, stage, train):
     """Input and output of the scanned units of stage `stage`, seen from outside the scan.
 
