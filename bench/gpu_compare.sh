@@ -9,40 +9,7 @@
 # A plumbing check without a GPU (tiny steps; peers fail without torch or .bench/; the cifar1001_b128
 # line fails at batch 8, whose BN groups are 64 images; about 5 minutes on 2 cores):
 #   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" DEADLINE_S=600 bash bench/gpu_compare.sh
-set -u
-cd "$(dirname "$0")/.." || exit 1
-OUT=${OUT:-/tmp/gpu_compare_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
-  echo "wheel install failed" >&2; exit 1
-fi
-export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-PEAK=${PEAK_TFLOPS:-989}  # H100/H200 SXM dense bf16 peak, spec sheet; the matmul seen here ran ~790
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
-python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
-
-DEADLINE=${DEADLINE_S:-450}  # seconds for everything below: the whole call stays under 8 minutes
-budget() {  # budget WANTED: the seconds this command may take, 0 when the deadline leaves under 20
-  local left=$((DEADLINE - SECONDS)); [ "$left" -lt 20 ] && { echo 0; return; }
-  [ "$1" -lt "$left" ] && echo "$1" || echo "$left"
-}
-ours() {  # ours TIMEOUT_S ARGS...: one JSON line per run into ours.jsonl, a failure marker otherwise
-  local t; t=$(budget "$1"); shift
-  [ "$t" -eq 0 ] && { echo "{\"impl\": \"ours\", \"skipped\": \"$*\"}" >>"$OUT/ours.jsonl"; return; }
-  echo "+ ours $*" | tee -a "$OUT/log.txt"
-  # shellcheck disable=SC2086  # OURS_EXTRA is a list of flags, split on purpose; last flags win
-  # "$@" first: ml_collections wants --config=FILE before any --config.field override.
-  timeout "$t" python3 -m resnet_v2_jax.benchmark "$@" --json --peak_tflops="$PEAK" --config.model.dtype=bfloat16 \
-    ${OURS_EXTRA:-} >>"$OUT/ours.jsonl" 2>>"$OUT/log.txt" || echo "{\"impl\": \"ours\", \"failed\": \"$*\"}" >>"$OUT/ours.jsonl"
-}
-peer() {  # peer TIMEOUT_S MODEL BATCH STEPS MODE
-  local t; t=$(budget "$1"); shift
-  [ "$t" -eq 0 ] && { echo "{\"peer\": \"torch\", \"skipped\": \"$*\"}" >>"$OUT/peer.jsonl"; return; }
-  echo "+ peer $*" | tee -a "$OUT/log.txt"
-  timeout "$t" python3 .bench/peer_torch.py "$@" >>"$OUT/peer.jsonl" 2>>"$OUT/log.txt" \
-    || echo "{\"peer\": \"torch\", \"failed\": \"$*\"}" >>"$OUT/peer.jsonl"
-}
+source "$(dirname "$0")/gpu_lib.sh"
 
 # In order of what the issue's goals need, so the deadline only ever cuts the least needed.
 # Ours (bf16) on the four goal models; the cifar1001 run also gives its GPU compile time.
@@ -88,6 +55,4 @@ ours 60 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --step
 # XLA's own count of the bytes the ImageNet step's colour jitter + normalisation touch, on the GPU.
 [ "$(budget 30)" -gt 0 ] && timeout 30 python3 bench/colour_cost.py >"$OUT/colour_cost.jsonl" 2>>"$OUT/log.txt"
 
-python3 bench/chart.py "$OUT/ours.jsonl" "$OUT/peer.jsonl" --png "$OUT/throughput.png" --md "$OUT/table.md" \
-  --title "bf16 training step, $(head -1 "$OUT/gpu.txt" | cut -d, -f1)" || true
-cat "$OUT/table.md" 2>/dev/null
+finish

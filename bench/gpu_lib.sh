@@ -1,0 +1,43 @@
+# Sourced by bench/gpu_compare.sh and bench/gpu_levers.sh: the wheel install, the GPU and JAX
+# versions into $OUT/gpu.txt, and `ours` / `peer` / `finish`, each run under its own timeout within
+# the DEADLINE_S seconds the calling script gets, so one slow or failing model never costs the others.
+set -u
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 1
+OUT=${OUT:-/tmp/gpu_compare_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
+  echo "wheel install failed" >&2; exit 1
+fi
+export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+PEAK=${PEAK_TFLOPS:-989}  # H100/H200 SXM dense bf16 peak, spec sheet; the matmul seen here ran ~790
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
+
+DEADLINE=${DEADLINE_S:-450}  # seconds for everything below: the whole call stays under 8 minutes
+budget() {  # budget WANTED: the seconds this command may take, 0 when the deadline leaves under 20
+  local left=$((DEADLINE - SECONDS)); [ "$left" -lt 20 ] && { echo 0; return; }
+  [ "$1" -lt "$left" ] && echo "$1" || echo "$left"
+}
+ours() {  # ours TIMEOUT_S ARGS...: one JSON line per run into ours.jsonl, a failure marker otherwise
+  local t; t=$(budget "$1"); shift
+  [ "$t" -eq 0 ] && { echo "{\"impl\": \"ours\", \"skipped\": \"$*\"}" >>"$OUT/ours.jsonl"; return; }
+  echo "+ ours $*" | tee -a "$OUT/log.txt"
+  # shellcheck disable=SC2086  # OURS_EXTRA is a list of flags, split on purpose; last flags win
+  # "$@" first: ml_collections wants --config=FILE before any --config.field override.
+  timeout "$t" python3 -m resnet_v2_jax.benchmark "$@" --json --peak_tflops="$PEAK" --config.model.dtype=bfloat16 \
+    ${OURS_EXTRA:-} >>"$OUT/ours.jsonl" 2>>"$OUT/log.txt" || echo "{\"impl\": \"ours\", \"failed\": \"$*\"}" >>"$OUT/ours.jsonl"
+}
+peer() {  # peer TIMEOUT_S MODEL BATCH STEPS MODE
+  local t; t=$(budget "$1"); shift
+  [ "$t" -eq 0 ] && { echo "{\"peer\": \"torch\", \"skipped\": \"$*\"}" >>"$OUT/peer.jsonl"; return; }
+  echo "+ peer $*" | tee -a "$OUT/log.txt"
+  timeout "$t" python3 .bench/peer_torch.py "$@" >>"$OUT/peer.jsonl" 2>>"$OUT/log.txt" \
+    || echo "{\"peer\": \"torch\", \"failed\": \"$*\"}" >>"$OUT/peer.jsonl"
+}
+
+finish() {  # the chart and table of everything measured, printed last (the reply shows the end)
+  python3 bench/chart.py "$OUT/ours.jsonl" "$OUT/peer.jsonl" --png "$OUT/throughput.png" --md "$OUT/table.md" \
+    --title "bf16 training step, $(head -1 "$OUT/gpu.txt" | cut -d, -f1)" || true
+  cat "$OUT/table.md" 2>/dev/null
+}
