@@ -37,6 +37,7 @@ peer() {  # peer TIMEOUT_S MODEL BATCH STEPS MODE
 }
 
 finish() {  # the chart and table of everything measured, printed last (the reply shows the end)
+  touch "$OUT/ours.jsonl" "$OUT/peer.jsonl"
   python3 bench/chart.py "$OUT/ours.jsonl" "$OUT/peer.jsonl" --png "$OUT/throughput.png" --md "$OUT/table.md" \
     --title "bf16 training step, $(head -1 "$OUT/gpu.txt" | cut -d, -f1)" || true
   cat "$OUT/table.md" 2>/dev/null
