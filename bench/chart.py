@@ -46,7 +46,8 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
             if r.get("xla_gpu_perf_flags"):
                 impl += " +XLA GPU flags"
             elif r.get("xla_flags"):
-                impl += f" +XLA_FLAGS {r['xla_flags']}"
+                # the flags' names: their values are in the line's xla_flags (BENCHMARKS.md lists them)
+                impl += " +" + " +".join(f.split("=")[0].replace("--xla_gpu_", "") for f in r["xla_flags"].split())
             if r.get("remat"):
                 impl += f" +remat({r.get('remat_policy')})"
             rows.append({
@@ -120,7 +121,7 @@ def chart(rows, png: str, title: str) -> None:
                 xs.append(g + (j - (m - 1) / 2) * width)
                 ys.append(value[group + (impl,)])
         drawn = ax.bar(xs, ys, width, label=impl, color=colours(k))
-        ax.bar_label(drawn, fmt="%.3g", fontsize=7)
+        ax.bar_label(drawn, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in drawn.datavalues], fontsize=7)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{m}\nbatch {b}" + ("" if mode == "train" else f"\n{mode}") for m, b, mode in groups])
     values = list(value.values())

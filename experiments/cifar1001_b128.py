@@ -13,5 +13,6 @@ def get_config():
     c.paper_error = 4.92
     c.model.depth = 1001
     c.model.block = "bottleneck"
+    c.model.scan_unroll = 10  # 10 units per loop iteration: why in experiments/cifar1001.py
     c.bn_group_size = 64
     return c

@@ -11,4 +11,5 @@ def get_config():
     c.model.num_classes = 100
     c.model.depth = 1001
     c.model.block = "bottleneck"
+    c.model.scan_unroll = 10  # 10 units per loop iteration: why in experiments/cifar1001.py
     return c

@@ -170,7 +170,7 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
     assert sorted(r["impl"] for r in rows) == sorted([
         "ours (uint8+colour input)", "ours (uint8+colour input) +XLA GPU flags",
         "ours (uint8+colour input) +remat(conv)",
-        "ours (rows+augment input) +unroll10 +XLA_FLAGS --xla_gpu_enable_command_buffer=WHILE",
+        "ours (rows+augment input) +unroll10 +enable_command_buffer",
         "ours-unrolled (rows+augment input)", "torch-eager"])
     assert [r["model"] for r in compiled] == ["cifar1001"] and len(missing) == 1
     table = chart.markdown(rows, missing, compiled)
