@@ -9,6 +9,7 @@
 # A plumbing check without a GPU (tiny steps; peers fail without torch or .bench/; the cifar1001_b128
 # line fails at batch 8, whose BN groups are 64 images; about 5 minutes on 2 cores):
 #   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" DEADLINE_S=600 bash bench/gpu_compare.sh
+# shellcheck source=bench/gpu_lib.sh
 source "$(dirname "$0")/gpu_lib.sh"
 
 # In order of what the issue's goals need, so the deadline only ever cuts the least needed.
@@ -36,6 +37,7 @@ XLA_FLAGS=$CMDBUF ours 120 --config=experiments/imagenet_resnet50.py --config.ba
 XLA_FLAGS=$CMDBUF ours 120 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3
 # No while loop at all (ResNet-110 as configured, ResNet-164 with its 17 scanned units in one
 # iteration; both compile longer; the unrolled ResNet-110 crashed XLA once).
+ours 90  --config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.scan_unroll=6
 ours 120 --config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.scan_unroll=17
 ours 120 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3
 # The plain jit-compiled Flax reference (the issue's anchor column) in the same call, and torch.compile.

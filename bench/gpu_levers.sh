@@ -5,6 +5,7 @@
 # faster. Here: no loop at all (unroll = the stage's scanned units), the loop in a CUDA graph on top
 # of unroll 10, ResNet-50 unrolled, and the plain Flax ResNet-50 in the same call.
 #   run(command="DEADLINE_S=215 bash bench/gpu_levers.sh", carry=[".whl"], timeout_s=230)
+# shellcheck source=bench/gpu_lib.sh
 source "$(dirname "$0")/gpu_lib.sh"
 CMDBUF="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
 

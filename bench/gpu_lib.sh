@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by bench/gpu_compare.sh and bench/gpu_levers.sh: the wheel install, the GPU and JAX
 # versions into $OUT/gpu.txt, and `ours` / `peer` / `finish`, each run under its own timeout within
 # the DEADLINE_S seconds the calling script gets, so one slow or failing model never costs the others.
