@@ -4,7 +4,7 @@
 # each while-loop condition back on the host), and 10 units per iteration made ResNet-1001 1.9x
 # faster. Here: no loop at all (unroll = the stage's scanned units), the loop in a CUDA graph on top
 # of unroll 10, ResNet-50 unrolled, and the plain Flax ResNet-50 in the same call.
-#   run(command="DEADLINE_S=215 bash bench/gpu_levers.sh", carry=[".whl"], timeout_s=230)
+#   run(command="DEADLINE_S=195 bash bench/gpu_levers.sh", carry=[".whl"], timeout_s=210)
 # shellcheck source=bench/gpu_lib.sh
 source "$(dirname "$0")/gpu_lib.sh"
 CMDBUF="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"

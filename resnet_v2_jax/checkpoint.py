@@ -24,9 +24,19 @@ class CheckpointMismatch(ValueError):
     """The workdir's checkpoints belong to a different model or dataset."""
 
 
+# How the step is compiled, not what it computes: the parameter layout and the numbers are the same
+# under each (tests/test_networks.py), so a checkpoint resumes under any of them, e.g. unrolled on a
+# GPU after a scanned start on a CPU.
+COMPILE_ONLY_FIELDS = ("scan", "scan_unroll", "remat", "remat_policy")
+
+
+def _without_compile_only(fp: dict) -> dict:
+    return {**fp, "model": {k: v for k, v in fp.get("model", {}).items() if k not in COMPILE_ONLY_FIELDS}}
+
+
 def fingerprint(config) -> dict:
     """The fields a checkpoint must agree on to be resumed: the model and the dataset."""
-    return {"model": json.loads(config.model.to_json()), "dataset": config.dataset}
+    return _without_compile_only({"model": json.loads(config.model.to_json()), "dataset": config.dataset})
 
 
 def _differences(a: dict, b: dict, prefix="") -> list[str]:
@@ -70,7 +80,8 @@ class Checkpointer:
         self._compare(meta, steps[-1])
 
     def _compare(self, meta: dict, step: int) -> None:
-        diff = _differences(meta.get("fingerprint", {}), fingerprint(self.config))
+        # Checkpoints written before COMPILE_ONLY_FIELDS existed hold those fields too.
+        diff = _differences(_without_compile_only(meta.get("fingerprint", {})), fingerprint(self.config))
         if diff:
             raise CheckpointMismatch(
                 f"{self.directory} holds checkpoints (step {step}) of a different run; refusing to "

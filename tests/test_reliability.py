@@ -164,6 +164,33 @@ def test_corrupted_newest_checkpoint_falls_back_with_a_warning(digits_data_dir, 
     assert final_test(workdir) == final_test(reference)
 
 
+def test_a_checkpoint_resumes_under_another_scan_unroll_or_remat(digits_data_dir, reference, tmp_path):
+    """scan, scan_unroll and remat change how the step compiles, not the parameters: no refusal."""
+    workdir = tmp_path / "work"
+    shutil.copytree(reference, workdir)
+    (workdir / "results.json").unlink()
+    r = run(digits_data_dir, workdir, "--config.model.scan=False", "--config.model.scan_unroll=2",
+            "--config.model.remat=True", "--config.model.remat_policy=nothing")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from the checkpoint at step {STEPS}" in r.stdout
+    assert final_test(workdir) == final_test(reference)
+
+
+def test_checkpoints_written_before_the_compile_only_fields_were_dropped_still_resume():
+    """Older checkpoints' fingerprints hold scan/remat: those fields are ignored on both sides."""
+    from resnet_v2_jax import checkpoint
+    from resnet_v2_jax import config as config_lib
+
+    c = config_lib.default()
+    old = {"model": json.loads(c.model.to_json()), "dataset": c.dataset}
+    assert old["model"]["scan"] is True and "scan" not in checkpoint.fingerprint(c)["model"]
+    c.model.scan, c.model.scan_unroll = False, 10
+    assert checkpoint._differences(checkpoint._without_compile_only(old), checkpoint.fingerprint(c)) == []
+    c.model.depth = 20
+    assert checkpoint._differences(checkpoint._without_compile_only(old), checkpoint.fingerprint(c)) == [
+        "model.depth: checkpoint 164 vs config 20"]
+
+
 @pytest.mark.parametrize("override,field", [("--config.model.depth=14", "depth"),
                                             ("--config.model.unit=original", "unit")])
 def test_other_runs_checkpoints_are_refused_never_overwritten(digits_data_dir, reference, override, field):
