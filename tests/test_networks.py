@@ -216,7 +216,7 @@ def test_scan_unroll_changes_no_number(net20):
         y2, s2 = apply_train(net, variables, x)
         close(y1, y2)
         tree_close(s1, s2)
-        jaxpr = jax.make_jaxpr(lambda v: net.apply(v, x, train=False))(variables)
+        jaxpr = jax.make_jaxpr(functools.partial(net.apply, train=False))(variables, x)
         assert [e.params["unroll"] for e in jaxpr.eqns if e.primitive.name == "scan"] == [2, 2, 2]
 
 
