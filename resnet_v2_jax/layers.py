@@ -8,6 +8,8 @@ on one device or a pod. Statistics are always float32, whatever the compute dtyp
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -18,6 +20,11 @@ import jax.numpy as jnp
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # Torch's nn.Linear default U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the official code zeroes the bias.
 dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+# The backend the network is traced for; None: jax.default_backend(). bench/gpu_launches.py sets "gpu"
+# to compile for a GPU on a machine whose default backend is the CPU.
+TARGET_PLATFORM: str | None = None
 
 
 @jax.custom_vjp
@@ -55,7 +62,7 @@ def scan_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
         and list(map(tuple, padding)) == [(k // 2, k // 2)] * 2 and not kwargs.get("precision")
         and (lhs_dilation is None or tuple(lhs_dilation) == (1, 1))
         and (rhs_dilation is None or tuple(rhs_dilation) == (1, 1)) and feature_group_count == 1
-        and jax.default_backend() == "cpu"
+        and (TARGET_PLATFORM or jax.default_backend()) == "cpu"
     )
     if simple and kwargs.get("preferred_element_type") is None:
         return _conv_same(lhs, rhs)
@@ -63,8 +70,70 @@ def scan_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
                                         dimension_numbers, feature_group_count, **kwargs)
 
 
+def _group_sums(a, b, axes):
+    """(sum a, sum b) over `axes` in one variadic reduction: on the GPU one kernel pair instead of
+    three kernels, and each launch counts where the host, not the GPU, bounds the step."""
+    sa, sb = jax.lax.reduce((a, b), (jnp.float32(0), jnp.float32(0)),
+                            lambda x, y: (x[0] + y[0], x[1] + y[1]), axes)
+    return jnp.expand_dims(sa, axes), jnp.expand_dims(sb, axes)
+
+
+def _bn_forward(x, scale, bias, relu, epsilon, dtype):
+    """x grouped as (G, g, ..., C). (y, mean, var, mul, add) with float32 per-group statistics."""
+    axes = tuple(range(1, x.ndim - 1))
+    count = math.prod(x.shape[a] for a in axes)
+    xf = x.astype(jnp.float32)
+    s, ss = _group_sums(xf, xf * xf, axes)
+    mean = s / count
+    var = jnp.maximum(ss / count - mean * mean, 0.0)
+    # y = x * mul + add with per-channel float32 factors: one fused multiply-add in `dtype`.
+    mul = scale * jax.lax.rsqrt(var + epsilon)
+    add = bias - mean * mul
+    y = x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
+    return (jnp.maximum(y, 0) if relu else y), mean, var, mul, add
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _bn_train(x, scale, bias, relu, epsilon, dtype):
+    return _bn_forward(x, scale, bias, relu, epsilon, dtype)[:3]
+
+
+def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype):
+    y, mean, var, mul, add = _bn_forward(x, scale, bias, relu, epsilon, dtype)
+    # Saved: the input and one stack of per-channel vectors (scale * rstd is `mul`). Autodiff
+    # would save the float32 copy of x, the ReLU mask and about six per-channel intermediates:
+    # inside a scan each is one more stacked buffer, and one more kernel per unit on the GPU.
+    return (y, mean, var), (x, jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add]))
+
+
+def _bn_train_bwd(relu, epsilon, dtype, res, cotangents):
+    """The textbook BN gradient per group, plus the (usually zero) cotangents of mean and var."""
+    del epsilon
+    x, (mean, rstd, mul, add) = res
+    gy, gmean, gvar = cotangents
+    axes = tuple(range(1, x.ndim - 1))
+    count = math.prod(x.shape[a] for a in axes)
+    gz = gy.astype(jnp.float32)
+    if relu:  # the mask of the forward's own `dtype` arithmetic
+        gz = jnp.where(x.astype(dtype) * mul.astype(dtype) + add.astype(dtype) > 0, gz, 0.0)
+    centred = x.astype(jnp.float32) - mean
+    xhat = centred * rstd
+    sum_gz, sum_gz_xhat = _group_sums(gz, gz * xhat, axes)
+    dx = (mul / count) * (count * gz - sum_gz - xhat * sum_gz_xhat)
+    dx = dx + gmean / count + gvar * (2.0 / count) * centred
+    param_axes = (0,) + axes
+    c = x.shape[-1]
+    return dx.astype(x.dtype), jnp.sum(sum_gz_xhat, param_axes).reshape(c), jnp.sum(sum_gz, param_axes).reshape(c)
+
+
+_bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
+
+
 class BatchNorm(nn.Module):
-    """BN with gamma 1, beta 0, epsilon 1e-5 and running-average momentum 0.9 (Torch's 0.1)."""
+    """BN with gamma 1, beta 0, epsilon 1e-5 and running-average momentum 0.9 (Torch's 0.1).
+
+    `relu=True` is BN followed by ReLU, computed (and differentiated) as one op. In training the
+    gradient is written by hand (`_bn_train`): the same function, fewer saved tensors and kernels."""
 
     use_running_average: bool
     group_size: int = 0  # 0: the whole batch; g: statistics over consecutive groups of g examples
@@ -72,6 +141,7 @@ class BatchNorm(nn.Module):
     epsilon: float = 1e-5
     dtype: Any = jnp.float32
     scale_init: Any = nn.initializers.ones
+    relu: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -82,24 +152,20 @@ class BatchNorm(nn.Module):
         ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
 
         if self.use_running_average:
-            mean, var = ra_mean.value, ra_var.value
-        else:
-            n = x.shape[0]
-            g = self.group_size if 0 < self.group_size < n else n
-            if n % g:
-                raise ValueError(f"bn_group_size={g} does not divide the batch of {n} examples")
-            xf = x.astype(jnp.float32).reshape((n // g, g) + x.shape[1:])
-            axes = tuple(range(1, xf.ndim - 1))
-            mean = xf.mean(axes, keepdims=True)
-            var = jnp.maximum((xf * xf).mean(axes, keepdims=True) - mean * mean, 0.0)
-            if not self.is_initializing():
-                m = self.momentum
-                ra_mean.value = m * ra_mean.value + (1 - m) * mean.mean(axes + (0,)).reshape(c)
-                ra_var.value = m * ra_var.value + (1 - m) * var.mean(axes + (0,)).reshape(c)
-            x = x.reshape(xf.shape)
+            mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
+            add = bias - ra_mean.value * mul
+            y = x.astype(self.dtype) * mul.astype(self.dtype) + add.astype(self.dtype)
+            return jnp.maximum(y, 0) if self.relu else y
 
-        # y = x * mul + add with per-channel float32 factors: one fused multiply-add in `dtype`.
-        mul = scale * jax.lax.rsqrt(var + self.epsilon)
-        add = bias - mean * mul
-        y = x.astype(self.dtype) * mul.astype(self.dtype) + add.astype(self.dtype)
-        return y.reshape((-1,) + y.shape[2:]) if not self.use_running_average else y
+        n = x.shape[0]
+        g = self.group_size if 0 < self.group_size < n else n
+        if n % g:
+            raise ValueError(f"bn_group_size={g} does not divide the batch of {n} examples")
+        grouped = x.reshape((n // g, g) + x.shape[1:])
+        y, mean, var = _bn_train(grouped, scale, bias, self.relu, self.epsilon, jnp.dtype(self.dtype))
+        if not self.is_initializing():
+            axes = tuple(range(grouped.ndim - 1))
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean).mean(axes).reshape(c)
+            ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var).mean(axes).reshape(c)
+        return y.reshape((-1,) + y.shape[2:])

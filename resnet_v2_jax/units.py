@@ -55,8 +55,8 @@ def apply_ops(ops: str, x, norm: Callable[..., nn.Module], last_norm_init=None, 
             kw = {"name": f"{name}{i}"} if name else {}
             if last_norm_init is not None and "B" not in ops[i + 1 :]:
                 kw["scale_init"] = last_norm_init
-            x = norm(**kw)(x)
-        else:
+            x = norm(relu=ops[i + 1 : i + 2] == "R", **kw)(x)  # "BR": one fused op
+        elif i == 0 or ops[i - 1] != "B":
             x = nn.relu(x)
     return x
 

@@ -1,0 +1,111 @@
+"""layers.BatchNorm's training path: a hand-written gradient, checked against autodiff of the textbook
+formula, and the residuals it saves (what makes it worth having: fewer saved tensors, fewer kernels)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.ad_checkpoint import print_saved_residuals
+
+from resnet_v2_jax import layers
+
+EPS = 1e-5
+
+
+def textbook_bn(x, scale, bias, relu, dtype):
+    """Grouped x (G, g, H, W, C): two-pass statistics per group, autodiff for the gradient."""
+    xf = x.astype(jnp.float32)
+    mean = xf.mean((1, 2, 3), keepdims=True)
+    var = ((xf - mean) ** 2).mean((1, 2, 3), keepdims=True)
+    y = ((xf - mean) / jnp.sqrt(var + EPS) * scale + bias).astype(dtype)
+    return (jax.nn.relu(y) if relu else y), mean, var
+
+
+def inputs(dtype=jnp.float32):
+    k = jax.random.split(jax.random.PRNGKey(0), 6)
+    x = (jax.random.normal(k[0], (2, 4, 5, 5, 8)) * 3 + 1).astype(dtype)  # 2 groups of 4 examples
+    scale, bias = jax.random.normal(k[1], (8,)), jax.random.normal(k[2], (8,))
+    weights = (jax.random.normal(k[3], x.shape), jax.random.normal(k[4], (2, 1, 1, 1, 8)),
+               jax.random.normal(k[5], (2, 1, 1, 1, 8)))
+    return x, scale, bias, weights
+
+
+def loss(bn, relu, weights, dtype):
+    """A loss on all three outputs, so the mean and variance cotangents are exercised too."""
+    wy, wm, wv = weights
+
+    def f(x, scale, bias):
+        y, mean, var = bn(x, scale, bias, relu, jnp.dtype(dtype))
+        return jnp.sum(y.astype(jnp.float32) * wy) + jnp.sum(mean * wm) + jnp.sum(var * wv)
+
+    return f
+
+
+def package_bn(x, scale, bias, relu, dtype):
+    return layers._bn_train(x, scale, bias, relu, EPS, dtype)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_gradient_equals_autodiff_of_the_textbook_formula(relu):
+    x, scale, bias, weights = inputs()
+    got = jax.grad(loss(package_bn, relu, weights, jnp.float32), (0, 1, 2))(x, scale, bias)
+    want = jax.grad(loss(textbook_bn, relu, weights, jnp.float32), (0, 1, 2))(x, scale, bias)
+    for name, g, r in zip(("x", "scale", "bias"), got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=2e-5, atol=2e-5 * float(jnp.abs(r).max()),
+                                   err_msg=name)
+    for name, a, b in zip(("y", "mean", "var"), package_bn(x, scale, bias, relu, jnp.float32),
+                          textbook_bn(x, scale, bias, relu, jnp.float32)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_batchnorm_bfloat16_gradient_is_the_float32_gradient_to_bfloat16_precision(relu):
+    """bf16 activations, float32 statistics and gradient arithmetic: only the bf16 rounding of x and dx."""
+    x, scale, bias, weights = inputs(jnp.bfloat16)
+    got = jax.grad(loss(package_bn, relu, weights, jnp.bfloat16), (0, 1, 2))(x, scale, bias)
+    want = jax.grad(loss(textbook_bn, relu, weights, jnp.float32), (0, 1, 2))(x.astype(jnp.float32), scale, bias)
+    assert got[0].dtype == jnp.bfloat16
+    for name, g, r in zip(("x", "scale", "bias"), got, want):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r), rtol=0,
+                                   atol=2e-2 * float(jnp.abs(r).max()), err_msg=name)
+
+
+def saved(fn, *args, capsys):
+    print_saved_residuals(fn, *args)
+    lines = capsys.readouterr().out.splitlines()
+    return [line for line in lines if line.strip() and "from a constant" not in line and "from a literal" not in line]  # the loss's weights
+
+
+def test_batchnorm_relu_saves_its_input_and_one_stack_of_statistics(capsys):
+    """Autodiff of the same op saves ten arrays here (a float32 copy of x, the ReLU mask, per-channel
+    intermediates); in a scanned stage each saved array is one more kernel per unit on the GPU."""
+    x, scale, bias, weights = inputs(jnp.bfloat16)
+    ours = saved(loss(package_bn, True, weights, jnp.bfloat16), x, scale, bias, capsys=capsys)
+    assert len(ours) == 2, ours
+    assert "bf16[2,4,5,5,8]" in ours[0] and "argument x" in ours[0]
+    assert "f32[4,2,1,1,1,8]" in ours[1]
+
+    def autodiff_bn(x, scale, bias, relu, dtype):
+        return layers._bn_forward(x, scale, bias, relu, EPS, dtype)[:3]
+
+    theirs = saved(loss(autodiff_bn, True, weights, jnp.bfloat16), x, scale, bias, capsys=capsys)
+    assert len(theirs) >= 8, theirs
+    assert any("f32[2,4,5,5,8]" in line for line in theirs), theirs  # the float32 copy of x
+
+
+def test_batchnorm_module_fuses_relu_and_keeps_running_statistics():
+    """BatchNorm(relu=True) is relu(BatchNorm(x)) in train and eval mode, with the same statistics."""
+    x = jax.random.normal(jax.random.PRNGKey(3), (8, 4, 4, 6)) * 2 + 0.5
+    fused, plain = layers.BatchNorm(False, group_size=4, relu=True), layers.BatchNorm(False, group_size=4)
+    variables = plain.init(jax.random.PRNGKey(0), x)
+    y1, s1 = fused.apply(variables, x, mutable=["batch_stats"])
+    y2, s2 = plain.apply(variables, x, mutable=["batch_stats"])
+    np.testing.assert_array_equal(np.asarray(y1), np.asarray(jax.nn.relu(y2)))
+    jax.tree.map(np.testing.assert_array_equal, s1, s2)
+    assert float(jnp.abs(s1["batch_stats"]["mean"]).max()) > 0.01  # the update happened
+    trained = {"params": variables["params"], **s1}
+    e1 = layers.BatchNorm(True, relu=True).apply(trained, x)
+    e2 = layers.BatchNorm(True).apply(trained, x)
+    np.testing.assert_array_equal(np.asarray(e1), np.asarray(jax.nn.relu(e2)))
