@@ -112,13 +112,13 @@ def build(model) -> PlainResNet:
                        model.shortcut_type, model.stride_on == "1x1", jnp.dtype(model.dtype))
 
 
-def make(config, image_shape, seed: int = 0):
-    """(state, train_step, eval_step) for the plain network: jitted, state donated, one device."""
+def step_fns(config, image_shape, seed: int = 0):
+    """(init, train_step, eval_step) of the plain network, not jitted: `make` jits them as a Flax user
+    would, and benchmark.lower_step lowers them for another target (bench/gpu_launches.py)."""
     model = build(config.model)
     tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
                      optax.sgd(config.learning_rate, momentum=config.momentum or None, nesterov=config.nesterov))
 
-    @jax.jit
     def init():
         variables = model.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + tuple(image_shape)), train=False)
         params = variables["params"]
@@ -142,7 +142,13 @@ def make(config, image_shape, seed: int = 0):
                              train=False)
         return {"errors": jnp.sum(jnp.argmax(logits, -1) != batch["label"])}
 
-    return init(), jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
+    return init, train_step, eval_step
+
+
+def make(config, image_shape, seed: int = 0):
+    """(state, train_step, eval_step) for the plain network: jitted, state donated, one device."""
+    init, train_step, eval_step = step_fns(config, image_shape, seed)
+    return jax.jit(init)(), jax.jit(train_step, donate_argnums=0), jax.jit(eval_step)
 
 
 def param_count(config, image_shape) -> int:

@@ -164,6 +164,47 @@ def _peak_bytes():
     return max(peaks) if peaks else None
 
 
+def _inputs(config, eval_mode: bool = False):
+    """(pixels, colour, rows, device_augment): what the experiment's input pipeline hands the step
+    (see `setup`), decided before `prepare` forces the dataset to synthetic."""
+    pixels = config.dataset == "imagenet2012"
+    colour = pixels and config.augment and config.imagenet_augment == "inception" and not eval_mode
+    on_device = config.dataset in ("cifar10", "cifar100") and config.augment_on_device and not eval_mode
+    return pixels, colour, DATASET_ROWS if on_device else 0, on_device and config.augment
+
+
+def lower_step(config, mesh, *, baseline: bool = False, seed: int = 0):
+    """`setup`'s training step lowered from shapes alone for `mesh`, whose devices need not be attached:
+    bench/gpu_launches.py compiles it for an H100/H200 on a machine without a GPU. The function,
+    shapes, dtypes, shardings and donation are `setup`'s (tests/test_benchmark.py compiles both and
+    compares the programs)."""
+    pixels, colour, rows, device_augment = _inputs(config)
+    config = prepare(config)
+    image_shape = (config.image_size, config.image_size, 3)
+    rep, data = step_lib.replicated(mesh), step_lib.batch_sharding(mesh)
+
+    def shaped(shape, dtype, sharding):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    labels = shaped((config.batch_size,), jnp.int32, data)
+    if baseline:
+        init, train_step, _ = load_plain_flax().step_fns(config, image_shape, seed)
+        state = jax.tree.map(lambda a: shaped(a.shape, a.dtype, rep), jax.eval_shape(init))
+        batch = {"image": shaped((config.batch_size,) + image_shape, jnp.float32, data), "label": labels}
+        return jax.jit(train_step, donate_argnums=0).lower(state, batch)  # placed by its arguments' shardings
+    norm = augment.MEAN_STD["imagenet2012" if pixels else "cifar10"] if pixels or rows else None
+    task = step_lib.make_task(config, image_shape, norm, device_augment, colour)
+    state = jax.tree.map(lambda a: shaped(a.shape, a.dtype, rep), step_lib.abstract_state(task, seed))
+    train_images = None
+    if rows:
+        batch = {"index": shaped((config.batch_size,), jnp.int32, data), "label": labels}
+        train_images = shaped((rows,) + image_shape, jnp.uint8, rep)
+    else:
+        batch = {"image": shaped((config.batch_size,) + image_shape, jnp.uint8 if pixels else jnp.float32, data),
+                 "label": labels}
+    return step_lib.compile_steps(task, mesh)[0].lower(state, batch, train_images)
+
+
 def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int = 0):
     """(Runner, description) for one configuration: state, on-device batch, compiled step.
 
@@ -173,11 +214,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
     held on the devices and a batch of row indices, gathered, pad-crop-flipped and normalised in
     the step. Evaluation and the plain Flax baseline get float32 images.
     """
-    pixels = config.dataset == "imagenet2012"
-    colour = pixels and config.augment and config.imagenet_augment == "inception" and not eval_mode
-    on_device = config.dataset in ("cifar10", "cifar100") and config.augment_on_device and not eval_mode
-    rows = DATASET_ROWS if on_device else 0
-    device_augment = on_device and config.augment
+    pixels, colour, rows, device_augment = _inputs(config, eval_mode)
     config = prepare(config)
     batch_size = config.batch_size
     image_shape = (config.image_size, config.image_size, 3)

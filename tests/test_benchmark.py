@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -114,6 +115,113 @@ def test_plain_flax_is_the_same_network(name, overrides):
     c = benchmark.prepare(c)
     plain = benchmark.load_plain_flax()
     assert plain.param_count(c, (c.image_size, c.image_size, 3)) == summary.analyse(c)["params"]
+
+
+def _tiny(name):
+    c = _load(name)
+    if name == "imagenet_resnet50":  # uint8 pixels, colour jitter and lighting on device
+        c.model.depth, c.model.block, c.model.width, c.image_size = 18, "basic", 0.125, 32
+    else:  # a 50,000-row uint8 train set on device, gathered, pad-cropped and flipped in the step
+        c.model.depth = 8
+    c.batch_size = 4
+    return c
+
+
+@pytest.mark.parametrize("name, baseline", [("cifar10_resnet110", False), ("imagenet_resnet50", False),
+                                            ("cifar10_resnet110", True)])
+def test_lower_step_from_shapes_compiles_to_the_program_setup_times(name, baseline):
+    """bench/gpu_launches.py counts the program of benchmark.lower_step, built from shapes alone: the
+    same program, to the character, as the one `setup` compiles from arrays on the devices."""
+    from resnet_v2_jax import step as step_lib
+
+    runner, _ = benchmark.setup(_tiny(name), baseline=baseline)
+    lowered = benchmark.lower_step(_tiny(name), step_lib.make_mesh(), baseline=baseline)
+    assert _instructions(lowered.compile().as_text()) == _instructions(runner.compiled.as_text())
+
+
+def _instructions(hlo: str) -> list[str]:
+    """The compiled program's instructions without source locations, sharding annotations (the
+    baseline's arrays carry none in `setup`, the shapes do here) or names, in a canonical order."""
+    lines = [line for line in hlo.splitlines() if line.startswith("  ")]
+    lines = [re.sub(r", (sharding|frontend_attributes)=.*$", "", re.sub(r", metadata=\{[^}]*\}", "", line))
+             for line in lines]
+    return sorted(re.sub(r"%[\w.\-]+", "%x", line) for line in lines)
+
+
+def _gpu_launches():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_launches", ROOT / "bench" / "gpu_launches.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+LAUNCH_HLO = """HloModule m
+
+%body (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %p = (s32[], f32[8]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %x = f32[8] get-tuple-element(%p), index=1
+  %f1 = f32[8] fusion(%x), kind=kLoop, calls=%fused_a
+  %cc = f32[8] custom-call(%f1), custom_call_target="__cudnn$convForward"
+  %one = s32[] constant(1)
+  %n = s32[] fusion(%i), kind=kLoop, calls=%fused_b
+  ROOT %t = (s32[], f32[8]) tuple(%n, %cc)
+}
+
+%cond (q: (s32[], f32[8])) -> pred[] {
+  %q = (s32[], f32[8]) parameter(0)
+  ROOT %c = pred[] fusion(%q), kind=kLoop, calls=%fused_c
+}
+
+%command_buffer (r: f32[8]) -> f32[8] {
+  %r = f32[8] parameter(0)
+  %g1 = f32[8] fusion(%r), kind=kLoop, calls=%fused_a
+  ROOT %g2 = f32[8] fusion(%g1), kind=kLoop, calls=%fused_a
+}
+
+ENTRY %main (a: f32[8]) -> f32[8] {
+  %a = f32[8] parameter(0)
+  %z = s32[] constant(0)
+  %t0 = (s32[], f32[8]) tuple(%z, %a)
+  %w = (s32[], f32[8]) while(%t0), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"17"}}
+  %w2 = (s32[], f32[8]) while(%w), condition=%cond, body=%body
+  %y = f32[8] get-tuple-element(%w2), index=1
+  %cb = f32[8] call(%y), to_apply=%command_buffer
+  ROOT %out = f32[8] copy(%cb)
+}
+"""
+
+
+def test_count_launches_reads_loops_command_buffers_and_kinds():
+    """17 iterations of 3 launches (known trip count); an unknown trip count costs its condition and the
+    predicate's read-back each time, counted once here; a command buffer is one launch; plus the copy."""
+    got = _gpu_launches().count_launches(LAUNCH_HLO)
+    assert got["loops"] == [{"trip_count": 17, "launches_per_iteration": 3},
+                            {"trip_count": None, "launches_per_iteration": 5}]
+    assert got["launches"] == 17 * 3 + 5 + 1 + 1
+    assert got["by_kind"] == {"fusion": 17 * 2 + 3, "custom-call __cudnn$convForward": 18, "command_buffer": 1,
+                              "copy": 1}
+
+
+def test_count_launches_sees_a_scanned_stage_run_once_per_unit():
+    """On a CPU-compiled step: the scanned ResNet-20 (two scanned units a stage) has loops of trip count 2;
+    unrolled it has none and launches fewer operations (no slicing of stacked parameters)."""
+    from resnet_v2_jax import step as step_lib
+
+    counts = {}
+    for scan in (True, False):
+        c = _tiny("cifar10_resnet110")
+        c.model.depth, c.model.scan = 20, scan
+        counts[scan] = _gpu_launches().count_launches(
+            benchmark.lower_step(c, step_lib.make_mesh()).compile().as_text())
+    def unit_loops(scan):  # the CPU's random-bits loops have 5 iterations
+        return [loop for loop in counts[scan]["loops"] if loop["trip_count"] == 2]
+
+    assert len(unit_loops(True)) == 6  # 3 stages, forward and backward
+    assert unit_loops(False) == []
+    assert counts[True]["launches"] > counts[False]["launches"] > 0
 
 
 def _load(name):

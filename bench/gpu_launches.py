@@ -1,0 +1,153 @@
+"""How many device operations the host launches per training step on an H100/H200, on a machine with no GPU.
+
+On the H200 our CIFAR steps are bound by the host, not the GPU: XLA's runtime launches each kernel,
+cuDNN call and copy from the host, about 5 microseconds apiece (BENCHMARKS.md, "Launch counts").
+So the number of launches per step predicts the step time of those networks, and it can be had
+without a GPU: XLA compiles for a GPU it does not see (deviceless AOT, through the CUDA PJRT plugin
+and a target description, bench/h200_target_config.txtpb). The compiled program's HLO then lists
+every fusion, custom call (cuDNN convolutions) and copy; while loops count their body once per
+iteration (XLA annotates the known trip count) and a command buffer (CUDA graph) counts once.
+
+Not counted: autotuning (needs the GPU; the algorithm choice does not change the count), host work
+outside the step. The GPU compiler here is the plugin matching this machine's jaxlib, which may be
+older than the GPU machine's.
+
+Set-up, once (about 5 GB, in its own environment so the project's tests never load CUDA):
+    python -m venv --system-site-packages /tmp/gpuenv
+    V=$(python -c 'import jaxlib; print(jaxlib.__version__)')
+    /tmp/gpuenv/bin/pip install "jax-cuda12-plugin[with-cuda]==$V" "jax-cuda12-pjrt==$V"
+Then, from the repository root:
+    JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 PYTHONPATH=. /tmp/gpuenv/bin/python \
+        bench/gpu_launches.py --config=experiments/cifar10_resnet164.py --config.batch_size=128 [--baseline]
+One JSON line: launches per step, the loops' trip counts and launches per iteration, launches by kind.
+`count_launches` (the HLO reading) is tested in tests/test_benchmark.py on CPU-compiled steps.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGET = ROOT / "bench" / "h200_target_config.txtpb"
+
+# HLO ops that launch nothing: views, tuples, constants, parameters, scheduling markers.
+NO_LAUNCH = {"parameter", "tuple", "get-tuple-element", "bitcast", "constant", "after-all", "partition-id",
+             "replica-id", "opt-barrier", "add-dependency", "domain"}
+_COMPUTATION = re.compile(r"^(ENTRY )?%?([\w.\-]+) .*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*? ([\w\-]+)\((.*)$")
+
+
+def parse_hlo(text: str) -> tuple[dict[str, list[tuple[str, str]]], str]:
+    """({computation: [(opcode, line)]}, entry name) of an HLO module's text."""
+    computations, current, entry = {}, None, None
+    for line in text.splitlines():
+        m = _COMPUTATION.match(line)
+        if m and not line.startswith(" "):
+            current = m.group(2)
+            computations[current] = []
+            entry = current if m.group(1) else entry
+        elif line.startswith("}"):
+            current = None
+        elif current is not None:
+            m = _INSTRUCTION.match(line)
+            if m:
+                computations[current].append((m.group(2), line))
+    if entry is None:
+        raise ValueError("no ENTRY computation in this HLO text")
+    return computations, entry
+
+
+def _called(line: str, key: str) -> str:
+    return re.search(key + r"=%?([\w.\-]+)", line).group(1)
+
+
+def count_launches(text: str) -> dict:
+    """Launches per call of the module in `text`, with the loops and a count by kind.
+
+    A while loop with a known trip count runs its body that many times; without one, its condition too,
+    plus the predicate's copy to the host. A conditional counts itself and its largest branch; a call
+    into a command buffer (`command_buffer` computations) counts once; other calls are inlined."""
+    computations, entry = parse_hlo(text)
+    kinds: collections.Counter = collections.Counter()
+    loops: list[dict] = []
+
+    def count(name: str, times: int) -> int:
+        total = 0
+        for op, line in computations[name]:
+            if op in NO_LAUNCH:
+                continue
+            if op == "while":
+                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+                n = int(trips.group(1)) if trips else 1
+                per = count(_called(line, "body"), times * n)
+                if not trips:
+                    per += count(_called(line, "condition"), times * n) + 1
+                loops.append({"trip_count": int(trips.group(1)) if trips else None, "launches_per_iteration": per})
+                total += n * per
+            elif op == "conditional":
+                branches = re.findall(r"%?([\w.\-]+)", line.split("branch_computations={")[1].split("}")[0])
+                kinds["conditional"] += times
+                total += 1 + max(count(b, 0) for b in branches)
+            elif op == "call" and "command_buffer" in _called(line, "to_apply"):
+                kinds["command_buffer"] += times
+                total += 1
+            elif op == "call":
+                total += count(_called(line, "to_apply"), times)
+            else:
+                target = re.search(r'custom_call_target="([^"]+)"', line) if op == "custom-call" else None
+                kinds[f"custom-call {target.group(1)}" if target else op] += times
+                total += 1
+        return total
+
+    return {"launches": count(entry, 1), "loops": loops, "by_kind": dict(kinds.most_common())}
+
+
+def main(argv):
+    del argv
+    import jax
+    import numpy as np
+    from absl import flags
+    from jax.experimental import topologies
+
+    from resnet_v2_jax import benchmark, layers
+    from resnet_v2_jax import step as step_lib
+
+    f = flags.FLAGS
+    topology = topologies.get_topology_desc("gpu_launches", "cuda", target_config=Path(f.target_config).read_text(),
+                                            topology="1x1x1")
+    mesh = step_lib.make_mesh(np.asarray(topology.devices))
+    layers.TARGET_PLATFORM = "gpu"  # the network as it is traced on a GPU (no CPU-only conv gradient)
+    config = f.config
+    t0 = time.perf_counter()
+    compiled = benchmark.lower_step(config, mesh, baseline=f.baseline).compile()
+    compile_s = time.perf_counter() - t0
+    text = compiled.as_text()
+    if f.dump_hlo:
+        Path(f.dump_hlo).write_text(text)
+    print(json.dumps({
+        "impl": "plain_flax" if f.baseline else "ours", "model": benchmark.model_name(config),
+        "experiment": config.experiment, "batch": config.batch_size, "dtype": config.model.dtype,
+        "scan": bool(config.model.scan) and not f.baseline,
+        "scan_unroll": config.model.scan_unroll if config.model.scan and not f.baseline else None,
+        "target": topology.devices[0].device_kind, "jax_version": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS") or None, "compile_s": round(compile_s, 1),
+        **count_launches(text)}), flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    from absl import app, flags
+
+    from resnet_v2_jax import cli
+
+    cli.define_config_flag()
+    flags.DEFINE_bool("baseline", False, "Count the plain jit Flax baseline (bench/plain_flax.py) instead of ours.")
+    flags.DEFINE_string("target_config", str(TARGET), "GpuTargetConfigProto text of the GPU to compile for.")
+    flags.DEFINE_string("dump_hlo", "", "Also write the compiled HLO text here.")
+    app.run(main)
