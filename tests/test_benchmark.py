@@ -165,9 +165,11 @@ LAUNCH_HLO = """HloModule m
   %x = f32[8] get-tuple-element(%p), index=1
   %f1 = f32[8] fusion(%x), kind=kLoop, calls=%fused_a
   %cc = f32[8] custom-call(%f1), custom_call_target="__cudnn$convForward"
+  %fs = ((f32[8]), f32[8]) fusion-start(%cc), kind=kLoop, calls=%fused_a
+  %fd = f32[8] fusion-done(%fs)
   %one = s32[] constant(1)
   %n = s32[] fusion(%i), kind=kLoop, calls=%fused_b
-  ROOT %t = (s32[], f32[8]) tuple(%n, %cc)
+  ROOT %t = (s32[], f32[8]) tuple(%n, %fd)
 }
 
 %cond (q: (s32[], f32[8])) -> pred[] {
@@ -195,14 +197,15 @@ ENTRY %main (a: f32[8]) -> f32[8] {
 
 
 def test_count_launches_reads_loops_command_buffers_and_kinds():
-    """17 iterations of 3 launches (known trip count); an unknown trip count costs its condition and the
-    predicate's read-back each time, counted once here; a command buffer is one launch; plus the copy."""
+    """17 iterations of 4 launches (known trip count; an async fusion's start launches, its done waits);
+    an unknown trip count costs its condition and the predicate's read-back each time, counted once
+    here; a command buffer is one launch; plus the copy."""
     got = _gpu_launches().count_launches(LAUNCH_HLO)
-    assert got["loops"] == [{"trip_count": 17, "launches_per_iteration": 3},
-                            {"trip_count": None, "launches_per_iteration": 5}]
-    assert got["launches"] == 17 * 3 + 5 + 1 + 1
-    assert got["by_kind"] == {"fusion": 17 * 2 + 3, "custom-call __cudnn$convForward": 18, "command_buffer": 1,
-                              "copy": 1}
+    assert got["loops"] == [{"trip_count": 17, "launches_per_iteration": 4},
+                            {"trip_count": None, "launches_per_iteration": 6}]
+    assert got["launches"] == 17 * 4 + 6 + 1 + 1
+    assert got["by_kind"] == {"fusion": 17 * 2 + 3, "custom-call __cudnn$convForward": 18, "fusion-start": 18,
+                              "fusion-done": 18, "command_buffer": 1, "copy": 1}
 
 
 def test_count_launches_sees_a_scanned_stage_run_once_per_unit():
