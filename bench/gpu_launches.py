@@ -19,7 +19,8 @@ Set-up, once (about 5 GB, in its own environment so the project's tests never lo
 Then, from the repository root:
     JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 PYTHONPATH=. /tmp/gpuenv/bin/python \
         bench/gpu_launches.py --config=experiments/cifar10_resnet164.py --config.batch_size=128 [--baseline]
-One JSON line: launches per step, the loops' trip counts and launches per iteration, launches by kind.
+One JSON line: launches per step, the loops' trip counts and launches per iteration, launches by kind,
+and `compiled_peak_bytes`, what XLA's buffer assignment for the GPU allocates for one step.
 `count_launches` (the HLO reading) is tested in tests/test_benchmark.py on CPU-compiled steps.
 """
 
@@ -141,7 +142,7 @@ def main(argv):
         "scan_unroll": config.model.scan_unroll if config.model.scan and not f.baseline else None,
         "target": topology.devices[0].device_kind, "jax_version": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS") or None, "compile_s": round(compile_s, 1),
-        **count_launches(text)}), flush=True)
+        "compiled_peak_bytes": benchmark.compiled_peak_bytes(compiled), **count_launches(text)}), flush=True)
 
 
 if __name__ == "__main__":
