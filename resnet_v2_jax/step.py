@@ -137,6 +137,13 @@ def _images(task: Task, batch, rng=None, train_images=None):
     return augment.normalize(images, mean, std, jnp.float32)
 
 
+def global_norm(tree) -> jax.Array:
+    """optax.tree.norm as one reduction over the concatenated leaves: XLA gives a per-leaf norm a kernel
+    per leaf (about 70 in ResNet-110), and on a GPU the host pays about 5 us to launch each."""
+    flat = jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)])
+    return jnp.sqrt(jnp.sum(flat * flat))
+
+
 def train_step(task: Task, state: TrainState, batch, train_images=None):
     rng = jax.random.fold_in(state.rng, state.step)
     aug_rng, dropout_rng = jax.random.split(rng)
@@ -151,12 +158,12 @@ def train_step(task: Task, state: TrainState, batch, train_images=None):
         return loss, (logits, updates["batch_stats"])
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.tree.norm(grads)
+    grad_norm = global_norm(grads)
     updates, opt_state = task.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
     # A finite gradient times an absurd learning rate can still overflow the parameters.
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.tree.norm(params))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(global_norm(params))
     ok = finite & (state.nan_step < 0)
     new = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, state)
     new = new.replace(nan_step=jnp.where(finite | (state.nan_step >= 0), state.nan_step, state.step))

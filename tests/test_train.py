@@ -545,3 +545,21 @@ def test_nesterov_switch_changes_the_update():
     np.testing.assert_allclose(plain["fc"]["bias"], -0.1, rtol=1e-6)  # v = g; update -lr v
     np.testing.assert_allclose(nesterov["fc"]["bias"], -0.1 * 1.9, rtol=1e-6)  # -lr (g + m v)
     assert not math.isclose(float(plain["conv"]["kernel"][0, 0, 0, 0]), float(nesterov["conv"]["kernel"][0, 0, 0, 0]))
+
+
+def test_global_norm_is_optax_tree_norm_in_one_reduction():
+    """step.global_norm (the gradient-norm metric and the NaN guard) equals optax.tree.norm on a tree of
+    mixed shapes and dtypes, and is infinite when one leaf is."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from resnet_v2_jax import step as step_lib
+
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    tree = {"a": jax.random.normal(k[0], (3, 4, 5)), "b": [jax.random.normal(k[1], (7,)).astype(jnp.bfloat16),
+                                                           jnp.float32(2.5)], "c": jax.random.normal(k[2], (2, 2))}
+    want = float(optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree)))
+    assert float(step_lib.global_norm(tree)) == pytest.approx(want, rel=1e-6)
+    tree["c"] = tree["c"].at[0, 1].set(jnp.inf)
+    assert not bool(jnp.isfinite(step_lib.global_norm(tree)))
