@@ -18,7 +18,8 @@ def get_config():
     c.model.stride_on = "1x1"
     # 10 units per while-loop iteration: on one H200 the batch-64 step ran 80.4 ms against 152.6 ms
     # with one (each iteration's condition is read back by the host), compiling in 30.0 s. On 2 CPU
-    # cores it compiles in 26.7 s against 13.2 s and steps 6% slower (BENCHMARKS.md, GPU section).
+    # cores it compiled in 26.7 s against 13.2 s and stepped 6% slower; with the hand-written BN
+    # gradient it compiles in 18.4 s (BENCHMARKS.md, GPU section and "Launch counts").
     c.model.scan_unroll = 10
     c.batch_size = 64
     c.schedule = "epochs_step"

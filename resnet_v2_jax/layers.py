@@ -78,6 +78,12 @@ def _group_sums(a, b, axes):
     return jnp.expand_dims(sa, axes), jnp.expand_dims(sb, axes)
 
 
+def _scale_shift(x, mul, add, dtype):
+    """x * mul + add with per-channel float32 factors: one fused multiply-add in `dtype`. The forward,
+    the eval path and the backward's ReLU mask all use it, so the mask matches the forward exactly."""
+    return x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
+
+
 def _bn_forward(x, scale, bias, relu, epsilon, dtype):
     """x grouped as (G, g, ..., C). (y, mean, var, mul, add) with float32 per-group statistics."""
     axes = tuple(range(1, x.ndim - 1))
@@ -86,10 +92,9 @@ def _bn_forward(x, scale, bias, relu, epsilon, dtype):
     s, ss = _group_sums(xf, xf * xf, axes)
     mean = s / count
     var = jnp.maximum(ss / count - mean * mean, 0.0)
-    # y = x * mul + add with per-channel float32 factors: one fused multiply-add in `dtype`.
     mul = scale * jax.lax.rsqrt(var + epsilon)
     add = bias - mean * mul
-    y = x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
+    y = _scale_shift(x, mul, add, dtype)
     return (jnp.maximum(y, 0) if relu else y), mean, var, mul, add
 
 
@@ -114,8 +119,8 @@ def _bn_train_bwd(relu, epsilon, dtype, res, cotangents):
     axes = tuple(range(1, x.ndim - 1))
     count = math.prod(x.shape[a] for a in axes)
     gz = gy.astype(jnp.float32)
-    if relu:  # the mask of the forward's own `dtype` arithmetic
-        gz = jnp.where(x.astype(dtype) * mul.astype(dtype) + add.astype(dtype) > 0, gz, 0.0)
+    if relu:
+        gz = jnp.where(_scale_shift(x, mul, add, dtype) > 0, gz, 0.0)
     centred = x.astype(jnp.float32) - mean
     xhat = centred * rstd
     sum_gz, sum_gz_xhat = _group_sums(gz, gz * xhat, axes)
@@ -154,7 +159,7 @@ class BatchNorm(nn.Module):
         if self.use_running_average:
             mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
             add = bias - ra_mean.value * mul
-            y = x.astype(self.dtype) * mul.astype(self.dtype) + add.astype(self.dtype)
+            y = _scale_shift(x, mul, add, self.dtype)
             return jnp.maximum(y, 0) if self.relu else y
 
         n = x.shape[0]
