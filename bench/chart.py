@@ -43,7 +43,7 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
                 impl += f" ({r['input']} input)"  # ImageNet: on-device normalisation (+ colour)
             if (r.get("scan_unroll") or 1) > 1:
                 impl += f" +unroll{r['scan_unroll']}"
-            if r.get("xla_gpu_perf_flags"):
+            if r.get("xla_gpu_perf_flags"):  # lines of 2026-11-26, before config.xla_flags
                 impl += " +XLA GPU flags"
             elif r.get("xla_flags"):
                 # the flags' names: their values are in the line's xla_flags (BENCHMARKS.md lists them)

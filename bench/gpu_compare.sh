@@ -24,17 +24,18 @@ fi
 ours 150 --config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.scan_unroll=17
 ours 120 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3
 ours 90  --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3
+# Levers for the launch-bound steps: by default XLA's CUDA graphs (command buffers) stop at every
+# convolution and loop; with CONVOLUTION and WHILE (valid types in JAX 0.10-0.11's XLA) a whole step
+# or loop can be one graph.
+CMDBUF="--xla_gpu_enable_command_buffer=+CONVOLUTION,+WHILE,+CONDITIONAL"
+XLA_FLAGS=$CMDBUF ours 150 --config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.scan_unroll=17
+XLA_FLAGS=$CMDBUF ours 120 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3
 # The PyTorch peer (bf16 autocast, channels_last), eager, on the same models and batches.
 peer 60 in50 256 20 eager
 peer 60 cifar110 128 30 eager
 peer 60 cifar164 128 30 eager
 peer 60 cifar1001 64 10 eager
-# Levers for the launch-bound steps: by default XLA's CUDA graphs (command buffers) stop at every
-# convolution and loop; with CONVOLUTION and WHILE (valid types in JAX 0.10-0.11's XLA) a whole step
-# or loop can be one graph.
-CMDBUF="--xla_gpu_enable_command_buffer=+CONVOLUTION,+WHILE,+CONDITIONAL"
 XLA_FLAGS=$CMDBUF ours 120 --config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3
-XLA_FLAGS=$CMDBUF ours 120 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3
 XLA_FLAGS=$CMDBUF ours 120 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3
 XLA_FLAGS=$CMDBUF ours 120 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3
 # The configured ResNet-164 (scanned, one unit per iteration) and ResNet-110 scanned (in case the

@@ -124,6 +124,7 @@ def main(argv):
     from resnet_v2_jax import step as step_lib
 
     f = flags.FLAGS
+    step_lib.apply_xla_flags(f.config.xla_flags)  # as training and the benchmark run the config
     topology = topologies.get_topology_desc("gpu_launches", "cuda", target_config=Path(f.target_config).read_text(),
                                             topology="1x1x1")
     mesh = step_lib.make_mesh(np.asarray(topology.devices))

@@ -11,4 +11,5 @@ def get_config():
     c.model.num_classes = 100
     c.model.depth = 164
     c.model.block = "bottleneck"
+    c.model.scan_unroll = 17  # no loop: why in experiments/cifar10_resnet164.py
     return c

@@ -22,8 +22,13 @@ multiply-adds per image for training (2 for the forward pass, 4 for the backward
 `--baseline` times `bench/plain_flax.py` (the plain jit-compiled Flax ResNet of the same network)
 the same way; `--compare` compiles ours and the baseline in one process, then alternates their timed steps
 (A B A B ...: a load change on a shared machine hits both alike) and ends with a line saying
-whether ours is no slower. `--xla_gpu_perf_flags` (opt-in, GPU only, not yet measured)
-adds the latency-hiding scheduler flag that JAX's GPU performance tips recommend.
+whether ours is no slower.
+
+XLA flags come from the config (`config.xla_flags`, set before JAX starts, as training sets them:
+command buffers for the CIFAR family), so the benchmark times the step that training runs; the
+baseline in the same process gets them too. `--config.xla_flags=` times XLA's defaults, and e.g.
+`--config.xla_flags=--xla_gpu_enable_latency_hiding_scheduler=true` tries another flag. Each line
+records the XLA_FLAGS it ran with (`xla_flags`).
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import json
-import os
 import statistics
 import sys
 import time
@@ -44,10 +48,6 @@ from absl import flags, logging
 from resnet_v2_jax import augment, summary
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import step as step_lib
-
-# Documented in JAX's "GPU performance tips"; it helps overlap communication with compute on
-# several GPUs. Not measured in this project yet (the first GPU call's deadline cut it): opt-in only.
-XLA_GPU_PERF_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true",)
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "dtype", "scan", "scan_unroll", "remat",
         "remat_policy", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
@@ -356,8 +356,12 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
-    if f.xla_gpu_perf_flags:
-        os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *XLA_GPU_PERF_FLAGS]).strip()
+    try:
+        config_lib.validate_xla_flags(f.config.xla_flags)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    xla_flags = step_lib.apply_xla_flags(f.config.xla_flags)  # before anything starts JAX's backends
     if f.steps < 1 or f.warmup < 0:
         print("error: --steps must be >= 1 and --warmup >= 0", file=sys.stderr)
         sys.exit(2)
@@ -377,8 +381,7 @@ def main(argv):
         sys.exit(2)
     for r in results:
         r["compilation_cache"] = cache
-        r["xla_gpu_perf_flags"] = f.xla_gpu_perf_flags
-        r["xla_flags"] = os.environ.get("XLA_FLAGS") or None  # what XLA ran with, perf flags included
+        r["xla_flags"] = xla_flags  # what XLA ran with: the config's flags and the user's $XLA_FLAGS
         print(json.dumps(r) if f.json else format_result(r), flush=True)
     if f.compare:
         ours, plain = results
@@ -407,7 +410,6 @@ def define_flags() -> None:
     flags.DEFINE_string("compilation_cache_dir", "off",
                         "JAX persistent compilation cache for this run: 'off' (compile_s is a cold compile), "
                         "'' (the training default dir) or a path; a warm cache shows what a restart pays.")
-    flags.DEFINE_bool("xla_gpu_perf_flags", False, "Opt-in XLA GPU flags (latency-hiding scheduler); not yet measured.")
 
 
 def cli_main(argv=None) -> None:

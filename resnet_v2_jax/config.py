@@ -31,6 +31,7 @@ OPTIMIZERS = ("sgd",)
 NAN_POLICIES = ("stop", "rollback")
 NORMALIZATIONS = ("channel", "pixel_mean")
 IMAGENET_AUGMENTS = ("scale", "inception")
+CIFAR_XLA_FLAGS = "--xla_gpu_enable_command_buffer=+CONVOLUTION,+WHILE,+CONDITIONAL"
 
 # ImageNet family: depth -> (block, units per stage). From PAPER.md "Architectures".
 IMAGENET_STAGES = {
@@ -126,6 +127,13 @@ def default() -> ml_collections.ConfigDict:
     # instead of compiling them again. "": $XDG_CACHE_HOME (or ~/.cache)/resnet_v2_jax/xla, or
     # $JAX_COMPILATION_CACHE_DIR when set; a path (gs:// works); "off": no cache.
     c.compilation_cache_dir = ""
+    # XLA flags the program sets before JAX starts (a flag already in $XLA_FLAGS keeps its value).
+    # CIFAR steps launch thousands of small kernels, so the host launching them bounds the step on a
+    # GPU; command buffers (CUDA graphs) through convolutions and loops replay them as a few graphs.
+    # On one H200 (bf16, 2026-11-27, BENCHMARKS.md) they took ResNet-110 from 15.5 to 10.7 ms,
+    # ResNet-164 (unrolled) from 21.1 to 13.8 ms and ResNet-1001 from 70.1 to 66.0 ms a step; the
+    # GPU-bound ImageNet ResNet-50 lost 8% with them, so imagenet() clears this.
+    c.xla_flags = CIFAR_XLA_FLAGS
     return c
 
 
@@ -144,6 +152,7 @@ def imagenet(depth: int, paper_error: float, augment: str, eval_size: int) -> ml
     c.schedule, c.lr_boundaries, c.warmup_steps = "epochs_step", (30, 60), 0
     c.num_train_steps = 90 * DATASET_INFO["imagenet2012"]["num_train"] // 256
     c.eval_every_steps, c.checkpoint_every_steps = 5000, 2500
+    c.xla_flags = ""  # GPU-bound: command buffers cost ResNet-50 8% on an H200 (default()'s comment)
     return c
 
 
@@ -201,6 +210,14 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.shortcut_dropout={model.shortcut_dropout!r} must be in [0, 1)")
 
 
+def validate_xla_flags(xla_flags: str) -> None:
+    """XLA aborts the process (a C++ fatal error) on a malformed $XLA_FLAGS: reject it here instead."""
+    bad = [flag for flag in xla_flags.split() if not flag.startswith("--xla_")]
+    if bad:
+        raise ValueError(f"xla_flags={xla_flags!r}: {bad[0]!r} is not an XLA flag (--xla_...); "
+                         "separate flags with spaces")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:
     """Raises ValueError with a one-line message naming the first bad field."""
     validate_model(config.model)
@@ -214,6 +231,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
     for name in ("batch_size", "eval_batch_size", "num_train_steps", "learning_rate",
                  "log_every_steps", "eval_every_steps", "checkpoint_every_steps", "keep_checkpoints"):
         _positive(name, config[name])
+    validate_xla_flags(config.xla_flags)
     if config.data_threads < 0:
         raise ValueError(f"data_threads={config.data_threads!r} must be 0 (one per core) or positive")
     if config.bn_group_size < 0:

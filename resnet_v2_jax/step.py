@@ -61,6 +61,37 @@ def use_compilation_cache(path: str) -> str | None:
     return path
 
 
+def apply_xla_flags(xla_flags: str) -> str | None:
+    """Adds config.xla_flags to $XLA_FLAGS and returns the XLA_FLAGS in effect.
+
+    XLA reads $XLA_FLAGS once, when JAX starts its backends, so this must run before the first
+    device query; later, a flag not yet in effect is reported (a warning) and not applied. A flag
+    the user already set in $XLA_FLAGS keeps the user's value. XLA parses its GPU flags on every
+    platform (a CPU run accepts and ignores them), so one config serves CPU, GPU and TPU.
+    """
+    from absl import logging
+
+    current = os.environ.get("XLA_FLAGS", "")
+    have = {flag.split("=")[0] for flag in current.split()}
+    extra = [flag for flag in xla_flags.split() if flag.split("=")[0] not in have]
+    if extra and _backends_started():
+        logging.warning("config.xla_flags not applied (%s): JAX's backends had already started; set them "
+                        "in $XLA_FLAGS before the first JAX computation, or restart the process",
+                        " ".join(extra))
+    elif extra:
+        os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+    return os.environ.get("XLA_FLAGS") or None
+
+
+def _backends_started() -> bool:
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # a JAX without the query: assume not started
+        return False
+
+
 def make_mesh(devices=None) -> Mesh:
     devices = np.asarray(jax.devices() if devices is None else devices)
     return Mesh(devices, ("data",))

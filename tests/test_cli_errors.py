@@ -52,6 +52,8 @@ CASES = {
     "steps": (["--config.num_train_steps=0"], ["num_train_steps=0", "positive"]),
     "batch": (["--config.batch_size=0"], ["batch_size=0", "positive"]),
     "unknown_override": (["--config.modle.depth=8"], ["modle", "unknown config field"]),
+    # XLA itself would abort with a C++ fatal error, after JAX started
+    "xla_flags": (["--config.xla_flags=gpu_enable_command_buffer="], ["xla_flags=", "not an XLA flag"]),
 }
 
 

@@ -218,7 +218,7 @@ def test_imagenet_mock_data_trains_and_evaluates_every_validation_example_once(t
 # ----------------------------------------------------------------------------- compilation cache
 
 CACHE_SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     from jax import monitoring
     from resnet_v2_jax import config as config_lib, train
 
@@ -231,28 +231,49 @@ CACHE_SCRIPT = textwrap.dedent("""
     c.batch_size = c.eval_batch_size = 8
     c.compilation_cache_dir = sys.argv[1]
     train.train_and_evaluate(c, sys.argv[2])
-    print(json.dumps({"hits": len(hits)}))
+    print(json.dumps({"hits": len(hits), "xla_flags": os.environ.get("XLA_FLAGS", "")}))
 """)
 
 
 def test_a_second_run_loads_its_steps_from_the_compilation_cache(tmp_path):
     """config.compilation_cache_dir: the first run stores the train step, a fresh process running the
-    same config in another workdir loads it (JAX's cache-hit event); "off" stores nothing."""
-    def run(cache, name):
+    same config in another workdir loads it (JAX's cache-hit event); "off" stores nothing.
+
+    The same runs check config.xla_flags: a CIFAR config's command-buffer flag reaches $XLA_FLAGS
+    before JAX starts, and XLA accepts it on a CPU (a flag it rejects aborts the process); a value
+    the user set in $XLA_FLAGS for the same flag is kept."""
+    def run(cache, name, xla_flags="--xla_force_host_platform_device_count=1"):
         # Store every compile, however quick (the default is those over 1 s): a fast machine too.
-        env = dict(child_env(), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+        env = dict(child_env(), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", XLA_FLAGS=xla_flags)
         p = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, cache, str(tmp_path / name)], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-2000:]
-        return json.loads(p.stdout.strip().splitlines()[-1])["hits"]
+        return json.loads(p.stdout.strip().splitlines()[-1])
 
     cache = tmp_path / "xla"
     first = run(str(cache), "first")  # a helper jit compiled twice in one run may already hit
+    assert first["xla_flags"] == f"--xla_force_host_platform_device_count=1 {config_lib.CIFAR_XLA_FLAGS}"
     stored = [f.name for f in cache.iterdir()]
     assert any(n.startswith("jit_train_step") for n in stored) and any(n.startswith("jit_eval_step") for n in stored)
     second = run(str(cache), "second")
-    assert second >= first + 2, (first, second)  # at least the train and eval steps were loaded
-    assert run("off", "third") == 0
+    assert second["hits"] >= first["hits"] + 2, (first, second)  # at least the train and eval steps were loaded
+    mine = "--xla_gpu_enable_command_buffer=FUSION"
+    third = run("off", "third", xla_flags=mine)
+    assert third["hits"] == 0 and third["xla_flags"] == mine
+
+
+def test_xla_flags_after_jax_started_are_reported_not_applied(monkeypatch, caplog):
+    """XLA reads $XLA_FLAGS once: in a process (this one, a notebook) whose backends already run,
+    setting it would silently do nothing, so apply_xla_flags warns and leaves it alone."""
+    jax.devices()
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    with caplog.at_level("WARNING"):
+        assert step_lib.apply_xla_flags(config_lib.CIFAR_XLA_FLAGS) == "--xla_force_host_platform_device_count=1"
+    assert "config.xla_flags not applied (--xla_gpu_enable_command_buffer=" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # flags already in effect: nothing to say
+        step_lib.apply_xla_flags("--xla_force_host_platform_device_count=4")
+    assert caplog.text == ""
 
 
 # ----------------------------------------------------------------------------- quick start
