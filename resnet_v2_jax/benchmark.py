@@ -38,6 +38,7 @@ import importlib.util
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,13 +46,13 @@ import jax
 import jax.numpy as jnp
 from absl import flags, logging
 
-from resnet_v2_jax import augment, summary
+from resnet_v2_jax import augment, summary, trace_summary
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import step as step_lib
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "dtype", "scan", "scan_unroll", "remat",
         "remat_policy", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
-        "step_ms_min", "step_ms_max", "dispatch_ms", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
+        "step_ms_min", "step_ms_max", "dispatch_ms", "setup_s", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
 DATASET_ROWS = 50_000  # CIFAR's training set, held on device with augment_on_device
@@ -214,6 +215,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
     held on the devices and a batch of row indices, gathered, pad-crop-flipped and normalised in
     the step. Evaluation and the plain Flax baseline get float32 images.
     """
+    t0 = time.perf_counter()
     pixels, colour, rows, device_augment = _inputs(config, eval_mode)
     config = prepare(config)
     batch_size = config.batch_size
@@ -267,6 +269,9 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "macs_per_image": analysis["macs"],
         "input": ("float32" if baseline or not (pixels or rows) else "uint8+colour" if colour
                   else "uint8" if pixels else "rows+augment" if device_augment else "rows"),
+        # Seconds from the config to a compiled step (analysis, state init, data, compile_s): what a
+        # run waits before its first step (on the H200, 2026-11-27, each benchmark process took ~90 s).
+        "setup_s": round(time.perf_counter() - t0, 3),
     }
     return runner, desc
 
@@ -306,9 +311,12 @@ def result(runner: Runner, desc: dict, first: float, times: list[float], warmup:
 
 
 def run(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, baseline: bool = False,
-        peak_tflops: float = 0.0, timing: str = "step", seed: int = 0, compile_only: bool = False) -> dict:
+        peak_tflops: float = 0.0, timing: str = "step", seed: int = 0, compile_only: bool = False,
+        profile_steps: int = 0) -> dict:
     """Times one configuration; returns the result dict (the KEYS above). `compile_only`: compile,
-    report `compile_s` and XLA's `compiled_peak_bytes`, run nothing (step fields None)."""
+    report `compile_s` and XLA's `compiled_peak_bytes`, run nothing (step fields None). `profile_steps`:
+    after the timed steps, that many more back to back under JAX's profiler, summarised as `profile`
+    (`trace_summary.summarize`: device busy and idle time, kernels, where the time goes)."""
     runner, desc = setup(config, eval_mode=eval_mode, baseline=baseline, seed=seed)
     if compile_only:
         return dict(dict.fromkeys(KEYS), **desc, **{
@@ -317,7 +325,16 @@ def run(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, ba
             "num_devices": len(jax.devices()), "jax_version": jax.__version__,
             "date": datetime.date.today().isoformat()})
     (first,), (times,) = time_runners([runner], steps, warmup, timing)
-    return result(runner, desc, first, times, warmup, timing, peak_tflops)
+    out = result(runner, desc, first, times, warmup, timing, peak_tflops)
+    return dict(out, profile=profile(runner, profile_steps)) if profile_steps else out
+
+
+def profile(runner: Runner, steps: int) -> dict:
+    """`trace_summary.summarize` of `steps` back-to-back calls traced by JAX's profiler."""
+    with tempfile.TemporaryDirectory() as log_dir:
+        with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+            runner.loop(steps)
+        return trace_summary.summarize(trace_summary.load_perfetto(log_dir), steps)
 
 
 def compare(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, peak_tflops: float = 0.0,
@@ -346,10 +363,18 @@ def format_result(r: dict) -> str:
     if r["step_ms"] is None:
         return head
     peak = f" ({100 * r['peak_fraction']:.1f}% of peak)" if r["peak_fraction"] is not None else ""
+    prof = r.get("profile")
+    if prof and prof.get("busy_ms") is not None:
+        cats = ", ".join(f"{k} {v['ms']:.2f} ms ({v['count']:g})" for k, v in prof["by_category"].items())
+        prof = (f"\n  device, per step: busy {prof['busy_ms']:.2f} ms, idle {prof['idle_ms']:.2f} ms, "
+                f"{prof['kernels_per_step']:g} kernels: {cats}")
+    elif prof:
+        prof = f"\n  profile: no device events (processes: {', '.join(prof['processes'])})"
     return (f"{head}, first step {r['first_step_s']:.3f} s\n"
             f"  step {r['step_ms']:.2f} ms median (min {r['step_ms_min']:.2f}, max {r['step_ms_max']:.2f}; "
             f"{r['steps']} steps after {r['warmup']} warm-up; host dispatch {_ms(r['dispatch_ms'])})\n"
-            f"  {r['images_per_second']:.1f} images/s, {r['tflops']:.4f} model TFLOP/s{peak}, peak memory {mem}")
+            f"  {r['images_per_second']:.1f} images/s, {r['tflops']:.4f} model TFLOP/s{peak}, peak memory {mem}"
+            f"{prof or ''}")
 
 
 def main(argv):
@@ -368,6 +393,10 @@ def main(argv):
     cache = step_lib.use_compilation_cache(f.compilation_cache_dir)
     kwargs = dict(steps=f.steps, warmup=f.warmup, eval_mode=f.eval, peak_tflops=f.peak_tflops,
                   timing=f.timing)
+    if f.profile_steps < 0 or f.profile_steps and (f.compile_only or f.compare):
+        print("error: --profile_steps must be >= 0 and goes with one timed run (not --compile_only or --compare)",
+              file=sys.stderr)
+        sys.exit(2)
     if f.compile_only and f.compare:
         print("error: --compile_only times nothing, so it cannot --compare", file=sys.stderr)
         sys.exit(2)
@@ -375,7 +404,8 @@ def main(argv):
         if f.compare:
             results = compare(f.config, **kwargs)
         else:
-            results = [run(f.config, baseline=f.baseline, compile_only=f.compile_only, **kwargs)]
+            results = [run(f.config, baseline=f.baseline, compile_only=f.compile_only,
+                           profile_steps=f.profile_steps, **kwargs)]
     except ValueError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(2)
@@ -406,6 +436,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("compare", False, "Time ours, then the plain Flax baseline, and compare.")
     flags.DEFINE_bool("compile_only", False, "Compile and report compile_s and XLA's compiled_peak_bytes; "
                       "run no step (memory fit without the device's time).")
+    flags.DEFINE_integer("profile_steps", 0, "After timing, trace this many more steps with JAX's profiler and "
+                         "add a `profile` summary (device busy/idle ms, kernels per step, top kernels).")
     flags.DEFINE_enum("timing", "step", ["step", "loop"], "step: block each step, median; loop: one block.")
     flags.DEFINE_string("compilation_cache_dir", "off",
                         "JAX persistent compilation cache for this run: 'off' (compile_s is a cold compile), "

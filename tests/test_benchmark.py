@@ -55,10 +55,14 @@ def check_result(r: dict, mode: str) -> None:
 
 
 def test_train_step_json_and_no_tensorflow():
-    p = run_cli(*TINY, "--peak_tflops=1.0")
+    p = run_cli(*TINY, "--peak_tflops=1.0", "--profile_steps=1")
     assert p.returncode == 0, p.stderr
     (r,) = json_lines(p.stdout)
     check_result(r, "train")
+    assert r["setup_s"] >= r["compile_s"]  # config to compiled step includes the compile
+    # The real profiler trace of one more step, read back: a CPU has no device events, only the host's.
+    assert r["profile"]["device_events"] == 0 and "/host:CPU" in r["profile"]["processes"]
+    assert r["xla_flags"].endswith(config_lib.CIFAR_XLA_FLAGS)  # the CIFAR config's flags, set by main
     assert r["impl"] == "ours" and r["scan"] is False  # cifar10_resnet110.py runs unrolled
     assert r["input"] == "rows+augment"  # as training: CIFAR rows gathered and augmented on device
     assert r["peak_fraction"] == pytest.approx(r["tflops"] / 1.0, rel=1e-3)
@@ -242,6 +246,8 @@ BAD = [
     ["--config=experiments/no_such.py"],
     ["--config=experiments/cifar10_resnet110.py", "--config.no_such_field=1"],
     ["--config=experiments/cifar10_resnet110.py", "--steps=0"],
+    ["--config=experiments/cifar10_resnet110.py", "--config.xla_flags=gpu_autotune_level=0"],
+    ["--config=experiments/cifar10_resnet110.py", "--profile_steps=2", "--compare"],
 ]
 
 
@@ -346,3 +352,37 @@ def test_cpu_conv_parts_times_every_part_at_the_three_cifar_shapes():
     rows = json_lines(p.stdout)
     assert [r["shape"] for r in rows] == ["2x32x32x16", "2x16x16x32", "2x8x8x64"]
     assert all(r[f"xla_{part}_ms"] > 0 for r in rows for part in ("fwd", "dx", "dw"))
+
+
+def test_trace_summary_per_step_device_time_of_a_known_trace():
+    """trace_summary.summarize on a hand-made trace of two steps: a GPU process with two streams
+    (one overlap), host events that must not count, and the categories the kernel names give."""
+    from resnet_v2_jax import trace_summary
+
+    def meta(pid, name):
+        return {"ph": "M", "name": "process_name", "pid": pid, "args": {"name": name}}
+
+    def x(pid, tid, name, ts, dur, **args):
+        return {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": ts, "dur": dur, "args": args}
+
+    events = [meta(1, "/host:CPU"), meta(7, "/device:GPU:0"),
+              x(1, 1, "ThunkExecutor::Execute", 0, 5000),  # host: ignored
+              x(7, 1, "sm90_xmma_fprop_implicit_gemm", 100, 400),  # convolution
+              x(7, 2, "input_reduce_fusion.3", 300, 300),  # reduction, overlapping the conv by 200 us
+              x(7, 1, "loop_maximum_fusion.1", 1000, 100),  # fusion
+              x(7, 1, "Memcpy DtoD", 1200, 50, hlo_op="copy.1"),  # copy
+              x(7, 1, "sm90_xmma_fprop_implicit_gemm", 2100, 400),  # second step
+              x(7, 1, "nvjet_tst_weird_kernel", 2600, 100)]  # other
+    s = trace_summary.summarize({"traceEvents": events}, steps=2)
+    assert s["device_events"] == 6 and s["kernels_per_step"] == 3.0
+    assert s["processes"] == ["/device:GPU:0", "/host:CPU"]
+    assert s["span_ms"] == pytest.approx((2700 - 100) / 2e3)
+    assert s["busy_ms"] == pytest.approx((500 + 100 + 50 + 400 + 100) / 2e3)  # the overlap counted once
+    assert s["kernel_ms"] == pytest.approx((400 + 300 + 100 + 50 + 400 + 100) / 2e3)
+    assert s["idle_ms"] == pytest.approx(s["span_ms"] - s["busy_ms"])
+    assert {k: v["count"] for k, v in s["by_category"].items()} == {
+        "convolution": 1.0, "reduction": 0.5, "fusion": 0.5, "copy": 0.5, "other": 0.5}
+    assert s["by_category"]["convolution"]["ms"] == pytest.approx(0.4)
+    assert s["top"][0] == {"name": "sm90_xmma_fprop_implicit_gemm", "ms": 0.4, "count": 1.0}
+    assert trace_summary.summarize({"traceEvents": events[:3]}, steps=2) == {
+        "steps": 2, "device_events": 0, "processes": ["/device:GPU:0", "/host:CPU"]}

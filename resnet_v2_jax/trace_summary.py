@@ -1,0 +1,95 @@
+"""What the device did during a few profiled steps: busy time, idle gaps, kernel counts and the kernels
+that take the time, from a JAX profiler trace (`jax.profiler.trace(..., create_perfetto_trace=True)`).
+
+Why: on an H200 the CIFAR steps run thousands of tiny kernels, and with command buffers the host no
+longer bounds them (BENCHMARKS.md), so what is left is the GPU's own time. Whether that is kernel
+work (then fewer or faster kernels pay) or gaps between kernels (then launch latency does) decides
+the next lever, and a benchmark line can carry the answer without TensorBoard or xprof, which the
+GPU machines lack. `benchmark --profile` adds `summarize(...)` to its JSON line.
+
+Device events are the complete ("X") events of every process whose name starts with "/device:"
+(one per GPU; its threads are streams). On a CPU there are none: the summary then says so
+(`device_events` 0) and holds no timings.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import gzip
+import json
+import os
+
+# First match wins; matched against the event's name and argument values, lower-cased.
+CATEGORIES = (
+    ("convolution", ("conv", "xmma", "cudnn", "implicit_gemm", "dgrad", "wgrad", "fprop")),
+    ("matmul", ("gemm", "cublas", "dot", "matmul")),
+    ("reduction", ("reduce", "reduction")),
+    ("copy", ("memcpy", "memset", "copy")),
+    ("fusion", ("fusion",)),
+)
+
+
+def category(event: dict) -> str:
+    text = " ".join([event.get("name", "")] + [str(v) for v in (event.get("args") or {}).values()]).lower()
+    for cat, needles in CATEGORIES:
+        if any(n in text for n in needles):
+            return cat
+    return "other"
+
+
+def load_perfetto(log_dir: str) -> dict:
+    """The newest perfetto trace JAX wrote under `log_dir`; FileNotFoundError if there is none."""
+    paths = sorted(glob.glob(os.path.join(log_dir, "**", "perfetto_trace.json.gz"), recursive=True),
+                   key=os.path.getmtime)
+    if not paths:
+        raise FileNotFoundError(f"no perfetto_trace.json.gz under {log_dir}")
+    with gzip.open(paths[-1], "rt") as f:
+        return json.load(f)
+
+
+def _union_us(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
+    """Per-step device time of a trace covering `steps` steps (milliseconds, counts per step).
+
+    `busy_ms`: time at least one kernel ran (overlaps counted once); `span_ms`: first kernel start to
+    last kernel end; `idle_ms` = span - busy, the gaps; `kernel_ms`: the kernels' summed durations.
+    """
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    processes = {e["pid"]: str((e.get("args") or {}).get("name", "")) for e in events
+                 if e.get("ph") == "M" and e.get("name") == "process_name"}
+    devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
+    kernels = [e for e in events if e.get("ph") == "X" and e.get("pid") in devices and "dur" in e]
+    # The trace's process names say where to look when a device shows no events (no CUPTI, say).
+    out = {"steps": steps, "device_events": len(kernels), "processes": sorted(set(processes.values()))}
+    if not kernels:
+        return out
+    spans = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kernels]
+    busy, span = _union_us(spans), max(b for _, b in spans) - min(a for a, _ in spans)
+    by_cat, by_name = collections.defaultdict(lambda: [0.0, 0]), collections.defaultdict(lambda: [0.0, 0])
+    for e in kernels:
+        for table, key in ((by_cat, category(e)), (by_name, e["name"])):
+            table[key][0] += float(e["dur"])
+            table[key][1] += 1
+    per = 1e3 * steps  # microseconds over all steps -> milliseconds per step
+    out.update({
+        "kernels_per_step": round(len(kernels) / steps, 1),
+        "busy_ms": round(busy / per, 3),
+        "span_ms": round(span / per, 3),
+        "idle_ms": round((span - busy) / per, 3),
+        "kernel_ms": round(sum(float(e["dur"]) for e in kernels) / per, 3),
+        "by_category": {k: {"ms": round(v[0] / per, 3), "count": round(v[1] / steps, 1)}
+                        for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1][0])},
+        "top": [{"name": k[:120], "ms": round(v[0] / per, 3), "count": round(v[1] / steps, 1)}
+                for k, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]],
+    })
+    return out
