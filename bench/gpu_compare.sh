@@ -11,26 +11,41 @@
 #   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" DEADLINE_S=600 bash bench/gpu_compare.sh
 # shellcheck source=bench/gpu_lib.sh
 source "$(dirname "$0")/gpu_lib.sh"
+CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; print(CIFAR_XLA_FLAGS)")
 
 # In order of what the issue's goals need, so the deadline only ever cuts the least needed. On the
 # H200 (2026-11-27) each `ours` process took ~90 s (compile_s 17-48 s of it; `setup_s` now splits it),
-# so a 540 s call measures about six of them: the first lines are the experiments as configured
-# (CIFAR: command buffers from config.xla_flags, ResNet-164 without a loop) and the issue's anchors.
+# so a 540 s call measures about six of them: first the CIFAR experiments as configured (command
+# buffers from config.xla_flags, ResNet-164 without a loop), each beside the next lever, then the peers.
 # --profile_steps adds the device's own time per step (busy, idle, kernels by kind: trace_summary.py):
 # with command buffers the CIFAR steps are GPU-bound, and this says whether by kernels or gaps.
-# ResNet-50, ours and the plain Flax baseline in one process, their timed steps alternating.
-ours 150 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --compare
+# Command buffers whose independent commands run concurrently (a DAG, not XLA's default "LHS" order,
+# which serialises them): the backward's weight-gradient convolutions are off the critical path.
+# Reported elsewhere to cost ~2x peak memory (tiny here: 0.7-5 GiB).
+CONC="--config.xla_flags=$CIFAR_FLAGS --xla_gpu_command_buffer_scheduling_mode=CONCURRENT"
+ours 90  --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --profile_steps=5
 if ! grep -q images_per_second "$OUT/ours.jsonl"; then  # ours cannot run here: stop, keep the device time
   echo "ours failed on the first model; log tail:"; tail -40 "$OUT/log.txt"; exit 3
 fi
+ours 90  --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$CONC"
 ours 120 --config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --profile_steps=5
-ours 90  --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --profile_steps=5
+ours 120 --config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 "$CONC"
 ours 120 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --profile_steps=3
+ours 120 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 "$CONC"
 # The PyTorch peer (bf16 autocast, channels_last), eager, on the same models and batches.
-peer 60 in50 256 20 eager
 peer 60 cifar110 128 30 eager
 peer 60 cifar164 128 30 eager
 peer 60 cifar1001 64 10 eager
+peer 60 in50 256 20 eager
+# ResNet-50, ours and the plain Flax baseline in one process, their timed steps alternating.
+ours 150 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --compare
+# Levers for the GPU-bound ResNet-50 (7,043 img/s against 9,000; not yet measured): graphs whose
+# independent kernels overlap, and XLA's experimental cuDNN fusions of convolutions with their
+# elementwise neighbours (fewer passes over the activations).
+ours 90 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --profile_steps=3
+ours 90 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 "$CONC"
+ours 90 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
+  --config.xla_flags=--xla_gpu_experimental_enable_conv_fusion=true
 # The plain jit-compiled Flax baseline as the issue measured it (XLA's default flags), then with
 # the command buffers our CIFAR configs set: how much of our lead is the flag, how much the code.
 ours 120 --config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --baseline --config.xla_flags=

@@ -129,7 +129,12 @@ def make_task(config, image_shape, norm=None, device_augment: bool = False, devi
 
 def create_state(task: Task, seed: int) -> TrainState:
     init_rng, rng = jax.random.split(jax.random.PRNGKey(seed))
-    variables = task.model.init(init_rng, jnp.zeros((1,) + task.image_shape, jnp.float32), train=False)
+    # The parameters do not depend on how a stage compiles (scan, scan_unroll, remat: the same values,
+    # tests/test_train.py), so they are made through the form quickest to compile: one unit per loop
+    # iteration, no remat. On 2 CPU cores that cut the init compile of ResNet-164 as configured
+    # (no loop) from 24 to 8 s and of the unrolled ResNet-110 from 16 to 7 s.
+    model = task.model.clone(scan=True, scan_unroll=1, remat=False)
+    variables = model.init(init_rng, jnp.zeros((1,) + task.image_shape, jnp.float32), train=False)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),

@@ -568,6 +568,23 @@ def test_nesterov_switch_changes_the_update():
     assert not math.isclose(float(plain["conv"]["kernel"][0, 0, 0, 0]), float(nesterov["conv"]["kernel"][0, 0, 0, 0]))
 
 
+@pytest.mark.parametrize("scan, unroll, remat", [(True, 2, False), (False, 1, False), (True, 1, True)])
+def test_the_state_is_initialised_to_the_configured_models_own_parameters(scan, unroll, remat):
+    """create_state initialises through one scanned unit per iteration without remat (quicker to
+    compile); the values must be, bit for bit, what the configured form's own init gives."""
+    c = config_lib.default()
+    c.model.depth, c.model.block, c.model.width = 20, "basic", 0.25  # 3 units a stage: a scan of 2
+    c.model.scan, c.model.scan_unroll, c.model.remat = scan, unroll, remat
+    task = step_lib.make_task(c, (8, 8, 3))
+    state = step_lib.create_state(task, 0)
+    init_rng, _ = jax.random.split(jax.random.PRNGKey(0))
+    own = task.model.init(init_rng, jnp.zeros((1, 8, 8, 3), jnp.float32), train=False)
+    assert jax.tree.structure(own["params"]) == jax.tree.structure(state.params)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(own["params"]), jax.tree.leaves(state.params)))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(own["batch_stats"]),
+                                                      jax.tree.leaves(state.batch_stats)))
+
+
 def test_global_norm_is_optax_tree_norm_in_one_reduction():
     """step.global_norm (the gradient-norm metric and the NaN guard) equals optax.tree.norm on a tree of
     mixed shapes and dtypes, and is infinite when one leaf is."""
