@@ -65,9 +65,10 @@ def apply_xla_flags(xla_flags: str) -> str | None:
     """Adds config.xla_flags to $XLA_FLAGS and returns the XLA_FLAGS in effect.
 
     XLA reads $XLA_FLAGS once, when JAX starts its backends, so this must run before the first
-    device query; later, a flag not yet in effect is reported (a warning) and not applied. A flag
-    the user already set in $XLA_FLAGS keeps the user's value. XLA parses its GPU flags on every
-    platform (a CPU run accepts and ignores them), so one config serves CPU, GPU and TPU.
+    device query; later, a flag not yet in effect is reported and not applied (a warning, or an
+    info line for GPU flags on a CPU, where they change nothing). A flag the user already set in
+    $XLA_FLAGS keeps the user's value. XLA parses its GPU flags on every platform (a CPU run accepts
+    and ignores them), so one config serves CPU, GPU and TPU.
     """
     from absl import logging
 
@@ -75,9 +76,11 @@ def apply_xla_flags(xla_flags: str) -> str | None:
     have = {flag.split("=")[0] for flag in current.split()}
     extra = [flag for flag in xla_flags.split() if flag.split("=")[0] not in have]
     if extra and _backends_started():
-        logging.warning("config.xla_flags not applied (%s): JAX's backends had already started; set them "
-                        "in $XLA_FLAGS before the first JAX computation, or restart the process",
-                        " ".join(extra))
+        # GPU flags missed by a CPU run (a notebook on a laptop) lose nothing: no warning then.
+        lost = not (jax.default_backend() == "cpu" and all(f.startswith("--xla_gpu_") for f in extra))
+        (logging.warning if lost else logging.info)(
+            "config.xla_flags not applied (%s): JAX's backends had already started; set them in "
+            "$XLA_FLAGS before the first JAX computation, or restart the process", " ".join(extra))
     elif extra:
         os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
     return os.environ.get("XLA_FLAGS") or None

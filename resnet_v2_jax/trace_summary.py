@@ -5,10 +5,12 @@ Why: on an H200 the CIFAR steps run thousands of tiny kernels, and with command 
 longer bounds them (BENCHMARKS.md), so what is left is the GPU's own time. Whether that is kernel
 work (then fewer or faster kernels pay) or gaps between kernels (then launch latency does) decides
 the next lever, and a benchmark line can carry the answer without TensorBoard or xprof, which the
-GPU machines lack. `benchmark --profile` adds `summarize(...)` to its JSON line.
+GPU machines lack. `benchmark --profile_steps=N` adds `summarize(...)` to its JSON line.
 
-Device events are the complete ("X") events of every process whose name starts with "/device:"
-(one per GPU; its threads are streams). On a CPU there are none: the summary then says so
+Kernels are the complete ("X") events on the stream threads ("Stream #...") of every process whose
+name starts with "/device:" (one per GPU). The same process also holds summary rows ("XLA Modules",
+"XLA Ops", "Steps") that span or repeat the kernels, so they are left out; a device process with no
+stream thread counts all its threads. On a CPU there is no device process: the summary then says so
 (`device_events` 0) and holds no timings.
 """
 
@@ -68,9 +70,19 @@ def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
     processes = {e["pid"]: str((e.get("args") or {}).get("name", "")) for e in events
                  if e.get("ph") == "M" and e.get("name") == "process_name"}
     devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
-    kernels = [e for e in events if e.get("ph") == "X" and e.get("pid") in devices and "dur" in e]
-    # The trace's process names say where to look when a device shows no events (no CUPTI, say).
-    out = {"steps": steps, "device_events": len(kernels), "processes": sorted(set(processes.values()))}
+    threads = {(e["pid"], e.get("tid")): str((e.get("args") or {}).get("name", "")) for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("pid") in devices}
+    streams = {key for key, name in threads.items() if name.lower().startswith("stream")}
+    kernel_threads = streams | {key for key in threads if key[0] not in {pid for pid, _ in streams}}
+
+    def is_kernel(e):
+        key = (e.get("pid"), e.get("tid"))
+        return e.get("pid") in devices and (key in kernel_threads or key not in threads)
+
+    kernels = [e for e in events if e.get("ph") == "X" and "dur" in e and is_kernel(e)]
+    # The trace's process and device thread names say where to look when the numbers look wrong.
+    out = {"steps": steps, "device_events": len(kernels), "processes": sorted(set(processes.values())),
+           "device_threads": sorted(set(threads.values()))}
     if not kernels:
         return out
     spans = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kernels]

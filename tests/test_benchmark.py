@@ -365,7 +365,12 @@ def test_trace_summary_per_step_device_time_of_a_known_trace():
     def x(pid, tid, name, ts, dur, **args):
         return {"ph": "X", "pid": pid, "tid": tid, "name": name, "ts": ts, "dur": dur, "args": args}
 
-    events = [meta(1, "/host:CPU"), meta(7, "/device:GPU:0"),
+    def thread(pid, tid, name):
+        return {"ph": "M", "name": "thread_name", "pid": pid, "tid": tid, "args": {"name": name}}
+
+    events = [meta(1, "/host:CPU"), meta(7, "/device:GPU:0"), thread(7, 1, "Stream #13(Compute)"),
+              thread(7, 2, "Stream #14"), thread(7, 9, "XLA Modules"),
+              x(7, 9, "jit_train_step(123)", 50, 2700),  # the device's module row: spans the kernels, ignored
               x(1, 1, "ThunkExecutor::Execute", 0, 5000),  # host: ignored
               x(7, 1, "sm90_xmma_fprop_implicit_gemm", 100, 400),  # convolution
               x(7, 2, "input_reduce_fusion.3", 300, 300),  # reduction, overlapping the conv by 200 us
@@ -376,6 +381,7 @@ def test_trace_summary_per_step_device_time_of_a_known_trace():
     s = trace_summary.summarize({"traceEvents": events}, steps=2)
     assert s["device_events"] == 6 and s["kernels_per_step"] == 3.0
     assert s["processes"] == ["/device:GPU:0", "/host:CPU"]
+    assert s["device_threads"] == ["Stream #13(Compute)", "Stream #14", "XLA Modules"]
     assert s["span_ms"] == pytest.approx((2700 - 100) / 2e3)
     assert s["busy_ms"] == pytest.approx((500 + 100 + 50 + 400 + 100) / 2e3)  # the overlap counted once
     assert s["kernel_ms"] == pytest.approx((400 + 300 + 100 + 50 + 400 + 100) / 2e3)
@@ -384,5 +390,8 @@ def test_trace_summary_per_step_device_time_of_a_known_trace():
         "convolution": 1.0, "reduction": 0.5, "fusion": 0.5, "copy": 0.5, "other": 0.5}
     assert s["by_category"]["convolution"]["ms"] == pytest.approx(0.4)
     assert s["top"][0] == {"name": "sm90_xmma_fprop_implicit_gemm", "ms": 0.4, "count": 1.0}
-    assert trace_summary.summarize({"traceEvents": events[:3]}, steps=2) == {
-        "steps": 2, "device_events": 0, "processes": ["/device:GPU:0", "/host:CPU"]}
+    assert trace_summary.summarize({"traceEvents": events[:2] + events[6:7]}, steps=2) == {
+        "steps": 2, "device_events": 0, "processes": ["/device:GPU:0", "/host:CPU"], "device_threads": []}
+    # A device process whose threads are not named as streams: all of them count.
+    other = [meta(7, "/device:TPU:0"), thread(7, 1, "TensorCore"), x(7, 1, "fusion.1", 0, 10)]
+    assert trace_summary.summarize({"traceEvents": other}, steps=1)["kernels_per_step"] == 1.0

@@ -268,7 +268,14 @@ def test_xla_flags_after_jax_started_are_reported_not_applied(monkeypatch, caplo
     jax.devices()
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
     with caplog.at_level("WARNING"):
-        assert step_lib.apply_xla_flags(config_lib.CIFAR_XLA_FLAGS) == "--xla_force_host_platform_device_count=1"
+        assert step_lib.apply_xla_flags("--xla_cpu_use_thunk_runtime=true") == "--xla_force_host_platform_device_count=1"
+    assert "config.xla_flags not applied (--xla_cpu_use_thunk_runtime=true)" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # GPU flags missed on a CPU: nothing lost, nothing to warn about
+        step_lib.apply_xla_flags(config_lib.CIFAR_XLA_FLAGS)
+    assert caplog.text == ""
+    with caplog.at_level("INFO"):
+        step_lib.apply_xla_flags(config_lib.CIFAR_XLA_FLAGS)
     assert "config.xla_flags not applied (--xla_gpu_enable_command_buffer=" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):  # flags already in effect: nothing to say
