@@ -583,9 +583,9 @@ def test_the_state_is_initialised_to_the_configured_models_own_parameters(scan, 
     c.model.depth, c.model.block, c.model.width = 20, "basic", 0.25  # 3 units a stage: a scan of 2
     c.model.scan, c.model.scan_unroll, c.model.remat = scan, unroll, remat
     task = step_lib.make_task(c, (8, 8, 3))
-    state = step_lib.create_state(task, 0)
+    state = jax.jit(lambda: step_lib.create_state(task, 0))()
     init_rng, _ = jax.random.split(jax.random.PRNGKey(0))
-    own = task.model.init(init_rng, jnp.zeros((1, 8, 8, 3), jnp.float32), train=False)
+    own = jax.jit(lambda: task.model.init(init_rng, jnp.zeros((1, 8, 8, 3), jnp.float32), train=False))()
     assert jax.tree.structure(own["params"]) == jax.tree.structure(state.params)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(own["params"]), jax.tree.leaves(state.params)))
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(own["batch_stats"]),
