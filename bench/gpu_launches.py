@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import re
 import sys
 import time
@@ -124,7 +123,7 @@ def main(argv):
     from resnet_v2_jax import step as step_lib
 
     f = flags.FLAGS
-    step_lib.apply_xla_flags(f.config.xla_flags)  # as training and the benchmark run the config
+    xla_flags = step_lib.apply_xla_flags(f.config.xla_flags)  # as training and the benchmark run the config
     topology = topologies.get_topology_desc("gpu_launches", "cuda", target_config=Path(f.target_config).read_text(),
                                             topology="1x1x1")
     mesh = step_lib.make_mesh(np.asarray(topology.devices))
@@ -142,7 +141,7 @@ def main(argv):
         "scan": bool(config.model.scan) and not f.baseline,
         "scan_unroll": config.model.scan_unroll if config.model.scan and not f.baseline else None,
         "target": topology.devices[0].device_kind, "jax_version": jax.__version__,
-        "xla_flags": os.environ.get("XLA_FLAGS") or None, "compile_s": round(compile_s, 1),
+        "xla_flags": xla_flags, "compile_s": round(compile_s, 1),
         "compiled_peak_bytes": benchmark.compiled_peak_bytes(compiled), **count_launches(text)}), flush=True)
 
 

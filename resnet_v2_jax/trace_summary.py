@@ -73,7 +73,8 @@ def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
     threads = {(e["pid"], e.get("tid")): str((e.get("args") or {}).get("name", "")) for e in events
                if e.get("ph") == "M" and e.get("name") == "thread_name" and e.get("pid") in devices}
     streams = {key for key, name in threads.items() if name.lower().startswith("stream")}
-    kernel_threads = streams | {key for key in threads if key[0] not in {pid for pid, _ in streams}}
+    with_streams = {pid for pid, _ in streams}
+    kernel_threads = streams | {key for key in threads if key[0] not in with_streams}
 
     def is_kernel(e):
         key = (e.get("pid"), e.get("tid"))

@@ -150,8 +150,7 @@ def evaluate(eval_fn, state, data, mesh, config, task) -> dict:
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     """Trains `config` in `workdir` (resuming if it holds checkpoints); returns results.json."""
-    config_lib.validate(config)  # the fields first: a bad one fails before JAX starts its backends
-    step_lib.apply_xla_flags(config.xla_flags)
+    step_lib.apply_xla_flags(config.xla_flags)  # before JAX starts its backends; a bad value is a ValueError
     config_lib.validate(config, num_devices=jax.device_count())
     step_lib.use_compilation_cache(config.compilation_cache_dir)
     # Orbax needs absolute paths; gs:// and other URLs already are.

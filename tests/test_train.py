@@ -278,6 +278,9 @@ def test_xla_flags_after_jax_started_are_reported_not_applied(monkeypatch, caplo
         step_lib.apply_xla_flags(config_lib.CIFAR_XLA_FLAGS)
     assert "config.xla_flags not applied (--xla_gpu_enable_command_buffer=" in caplog.text
     caplog.clear()
+    with pytest.raises(ValueError, match="'gpu_autotune_level=0' is not an XLA flag"):  # XLA would abort
+        step_lib.apply_xla_flags("gpu_autotune_level=0")
+    assert os.environ["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"
     with caplog.at_level("WARNING"):  # flags already in effect: nothing to say
         step_lib.apply_xla_flags("--xla_force_host_platform_device_count=4")
     assert caplog.text == ""
