@@ -1,17 +1,50 @@
 #!/usr/bin/env bash
-# The second GPU call of 2026-11-26 (under 4 minutes): what bench/gpu_compare.sh's numbers pointed at.
-# There every scanned stage's step was host-bound (`dispatch_ms` ~ `step_ms`: the GPU runtime reads
-# each while-loop condition back on the host), and 10 units per iteration made ResNet-1001 1.9x
-# faster. Here: no loop at all (unroll = the stage's scanned units), the loop in a CUDA graph on top
-# of unroll 10, ResNet-50 unrolled, and the plain Flax ResNet-50 in the same call.
-#   run(command="DEADLINE_S=195 bash bench/gpu_levers.sh", carry=[".whl"], timeout_s=210)
+# The second GPU call, after bench/gpu_compare.sh on the same warm machine: the levers not yet
+# measured, most promising first, and the memory goals. Same set-up and carry as gpu_compare.sh:
+#   run(command="DEADLINE_S=270 bash bench/gpu_levers.sh", carry=[".whl", ".bench"], timeout_s=300)
+# (The 2026-11-26 second call, bench/gpu_2026-11-26/levers/, ran this file as committed in 083b0e4.)
+# Plumbing check without a GPU:
+#   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" DEADLINE_S=900 bash bench/gpu_levers.sh
+# (the cifar1001_b128 line fails at batch 8, whose BN groups are 64 images).
 # shellcheck source=bench/gpu_lib.sh
 source "$(dirname "$0")/gpu_lib.sh"
-CMDBUF="--xla_gpu_enable_command_buffer=FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,WHILE,CONDITIONAL"
+CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; print(CIFAR_XLA_FLAGS)")
 
-ours 60 --config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.scan_unroll=17
-XLA_FLAGS=$CMDBUF ours 60 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.scan_unroll=10
-ours 60 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.scan=False
-ours 60 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --baseline
-ours 60 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.scan=True --config.model.scan_unroll=17
+# 1. With command buffers the CIFAR steps are GPU-bound at 6-8 us a kernel (2026-11-27), 7-8% short
+#    of the ResNet-110/164 goals. CUDA graphs whose independent commands may run concurrently (a DAG,
+#    not XLA's default "LHS" order, which serialises them): the backward's weight-gradient
+#    convolutions are off the critical path. Reported elsewhere to cost ~2x peak memory (0.7-5 GiB here).
+CONC="--config.xla_flags=$CIFAR_FLAGS --xla_gpu_command_buffer_scheduling_mode=CONCURRENT"
+ours 240 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$CONC" \
+  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 $CONC" \
+  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 $CONC"
+# 2. The memory goals (met 2026-11-26 with the earlier BN: 20.7 and 31.5 GiB; XLA's allocation now
+#    says 9.5 and 15.5): one process each, since the device's peak is the process's.
+ours 90  --config=experiments/cifar1001_b128.py --config.batch_size=128 --steps=10 --warmup=2
+ours 120 --config=experiments/imagenet_resnet200.py --config.batch_size=128 --steps=10 --warmup=2
+# 3. ResNet-50 (GPU-bound, 7,043 img/s against 9,000): its kernels' time (profile), XLA's experimental
+#    cuDNN fusions of convolutions with their elementwise neighbours (fewer passes over the
+#    activations), the latency-hiding scheduler, and the step without the on-device colour jitter
+#    (input "uint8": normalisation only, the closest match to the peers' float batches).
+ours 90 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --profile_steps=3 \
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.augment=False"
+ours 90 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
+  --config.xla_flags=--xla_gpu_experimental_enable_conv_fusion=true
+ours 60 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
+  --config.xla_flags=--xla_gpu_enable_latency_hiding_scheduler=true
+# 4. The rest, if the deadline leaves time: the plain Flax CIFAR baselines with our command buffers
+#    (how much of our lead is the flag), ResNet-164 scanned, remat on ResNet-1001, torch.compile on
+#    ResNet-110, the peers at batch 128, ResNet-1001's compile cold then warm from the persistent cache.
+ours 150 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --baseline \
+  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --baseline" \
+  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.scan_unroll=1" \
+  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.remat=True"
+peer 120 cifar110 128 30 compile
+peer 60 cifar1001 128 10 eager
+peer 60 in200 128 10 eager
+ours 60 --config=experiments/cifar1001.py --compile_only --compilation_cache_dir=/tmp/xla_cache_bench
+ours 60 --config=experiments/cifar1001.py --compile_only --compilation_cache_dir=/tmp/xla_cache_bench
+# XLA's own count of the bytes the ImageNet step's colour jitter + normalisation touch, on the GPU.
+[ "$(budget 30)" -gt 0 ] && timeout 30 python3 bench/colour_cost.py >"$OUT/colour_cost.jsonl" 2>>"$OUT/log.txt"
+
 finish

@@ -21,20 +21,25 @@ budget() {  # budget WANTED: the seconds this command may take, 0 when the deadl
   [ "$1" -lt "$left" ] && echo "$1" || echo "$left"
 }
 ours() {  # ours TIMEOUT_S ARGS...: one JSON line per run into ours.jsonl, a failure marker otherwise
-  local t; t=$(budget "$1"); shift
+  local t s=$SECONDS; t=$(budget "$1"); shift
   [ "$t" -eq 0 ] && { echo "{\"impl\": \"ours\", \"skipped\": \"$*\"}" >>"$OUT/ours.jsonl"; return; }
-  echo "+ ours $*" | tee -a "$OUT/log.txt"
-  # shellcheck disable=SC2086  # OURS_EXTRA is a list of flags, split on purpose; last flags win
-  # "$@" first: ml_collections wants --config=FILE before any --config.field override.
-  timeout "$t" python3 -m resnet_v2_jax.benchmark "$@" --json --peak_tflops="$PEAK" --config.model.dtype=bfloat16 \
-    ${OURS_EXTRA:-} >>"$OUT/ours.jsonl" 2>>"$OUT/log.txt" || echo "{\"impl\": \"ours\", \"failed\": \"$*\"}" >>"$OUT/ours.jsonl"
+  echo "+ ours $* [at ${SECONDS} s]" | tee -a "$OUT/log.txt"
+  # Each run gets bf16 and OURS_EXTRA (a list of flags, last flags win), the --also runs too; "$@"
+  # first: ml_collections wants --config=FILE before any --config.field override.
+  local extra="--config.model.dtype=bfloat16 ${OURS_EXTRA:-}" args=() a
+  for a in "$@"; do [[ $a == --also=* ]] && args+=("$a $extra") || args+=("$a"); done
+  # shellcheck disable=SC2086  # $extra is a list of flags, split on purpose
+  timeout "$t" python3 -m resnet_v2_jax.benchmark "${args[@]}" --json --peak_tflops="$PEAK" $extra \
+    >>"$OUT/ours.jsonl" 2>>"$OUT/log.txt" || echo "{\"impl\": \"ours\", \"failed\": \"$*\"}" >>"$OUT/ours.jsonl"
+  echo "  ($((SECONDS - s)) s)" | tee -a "$OUT/log.txt"
 }
 peer() {  # peer TIMEOUT_S MODEL BATCH STEPS MODE
-  local t; t=$(budget "$1"); shift
+  local t s=$SECONDS; t=$(budget "$1"); shift
   [ "$t" -eq 0 ] && { echo "{\"peer\": \"torch\", \"skipped\": \"$*\"}" >>"$OUT/peer.jsonl"; return; }
-  echo "+ peer $*" | tee -a "$OUT/log.txt"
+  echo "+ peer $* [at ${SECONDS} s]" | tee -a "$OUT/log.txt"
   timeout "$t" python3 .bench/peer_torch.py "$@" >>"$OUT/peer.jsonl" 2>>"$OUT/log.txt" \
     || echo "{\"peer\": \"torch\", \"failed\": \"$*\"}" >>"$OUT/peer.jsonl"
+  echo "  ($((SECONDS - s)) s)" | tee -a "$OUT/log.txt"
 }
 
 finish() {  # the chart and table of everything measured, printed last (the reply shows the end)

@@ -29,13 +29,21 @@ command buffers for the CIFAR family), so the benchmark times the step that trai
 baseline in the same process gets them too. `--config.xla_flags=` times XLA's defaults, and e.g.
 `--config.xla_flags=--xla_gpu_enable_latency_hiding_scheduler=true` tries another flag. Each line
 records the XLA_FLAGS it ran with (`xla_flags`).
+
+`--also='--config=... [flags]'` (repeatable) times more configurations in the same process, one after
+the other, each parsed like its own command line before anything compiles. They share the start-up
+(on the H200, 2026-11-27, each benchmark process took 80-90 s of the call, its compile 17-48 s) and so
+the XLA flags: a config whose `xla_flags` differ is a usage error. The device's peak memory is per
+process, so runs after the first report `compiled_peak_bytes` only.
 """
 
 from __future__ import annotations
 
 import datetime
+import gc
 import importlib.util
 import json
+import shlex
 import statistics
 import sys
 import tempfile
@@ -378,6 +386,42 @@ def format_result(r: dict) -> str:
             f"{prof or ''}")
 
 
+def _usage_error(f) -> str | None:
+    """What is wrong with one run's flags (`f`: the process's or an --also run's), else None."""
+    if f.steps < 1 or f.warmup < 0:
+        return "--steps must be >= 1 and --warmup >= 0"
+    if f.profile_steps < 0 or f.profile_steps and (f.compile_only or f.compare):
+        return "--profile_steps must be >= 0 and goes with one timed run (not --compile_only or --compare)"
+    if f.compile_only and f.compare:
+        return "--compile_only times nothing, so it cannot --compare"
+    return None
+
+
+def _also_runs(f) -> list:
+    """Each --also string parsed as a command line of its own (a fresh set of this module's flags),
+    all before anything compiles, so a typo in the last one costs no device time."""
+    from resnet_v2_jax import cli
+
+    runs = []
+    for args in f.also:
+        argv = ["benchmark"] + shlex.split(args)
+        fv = flags.FlagValues()
+        define_flags(fv, argv)
+        try:
+            rest = cli.parse_flags(argv, fv)
+            problem = (f"unexpected arguments {rest[1:]}" if rest[1:] else _usage_error(fv) or (
+                None if fv.config.xla_flags == f.config.xla_flags else
+                f"its config.xla_flags {fv.config.xla_flags!r} differ from this process's "
+                f"{f.config.xla_flags!r}: XLA reads its flags once per process, so run it on its own"))
+        except SystemExit:
+            problem = "see the line above"
+        if problem:
+            print(f"error: in --also={args!r}: {problem}", file=sys.stderr)
+            sys.exit(2)
+        runs.append(fv)
+    return runs
+
+
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
@@ -387,61 +431,80 @@ def main(argv):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    if f.steps < 1 or f.warmup < 0:
-        print("error: --steps must be >= 1 and --warmup >= 0", file=sys.stderr)
+    problem = _usage_error(f)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    runs = [f] + _also_runs(f)
     cache = step_lib.use_compilation_cache(f.compilation_cache_dir)
-    kwargs = dict(steps=f.steps, warmup=f.warmup, eval_mode=f.eval, peak_tflops=f.peak_tflops,
-                  timing=f.timing)
-    if f.profile_steps < 0 or f.profile_steps and (f.compile_only or f.compare):
-        print("error: --profile_steps must be >= 0 and goes with one timed run (not --compile_only or --compare)",
-              file=sys.stderr)
+    failed = False
+    for i, fv in enumerate(runs):
+        if i:  # free the previous run's executables (and their device memory) before the next compiles
+            jax.clear_caches()
+            gc.collect()
+        kwargs = dict(steps=fv.steps, warmup=fv.warmup, eval_mode=fv.eval, peak_tflops=fv.peak_tflops,
+                      timing=fv.timing)
+        try:
+            if fv.compare:
+                results = compare(fv.config, **kwargs)
+            else:
+                results = [run(fv.config, baseline=fv.baseline, compile_only=fv.compile_only,
+                               profile_steps=fv.profile_steps, **kwargs)]
+        except ValueError as e:
+            print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+            failed = True
+            continue
+        for r in results:
+            r["compilation_cache"] = cache
+            r["xla_flags"] = xla_flags  # what XLA ran with: the config's flags and the user's $XLA_FLAGS
+            if i:  # the device's peak is the process's, so far; compiled_peak_bytes is this step's own
+                r["peak_bytes_in_use"] = None
+            print(json.dumps(r) if f.json else format_result(r), flush=True)
+        if fv.compare:
+            ours, plain = results
+            verdict = {"compare": ours["model"], "batch": ours["batch"], "ours_step_ms": ours["step_ms"],
+                       "plain_flax_step_ms": plain["step_ms"],
+                       "ratio": round(ours["step_ms"] / plain["step_ms"], 3),
+                       "no_slower": ours["step_ms"] <= plain["step_ms"]}
+            print(json.dumps(verdict) if f.json else
+                  f"ours / plain Flax step time = {verdict['ratio']:.3f} "
+                  f"({'no slower' if verdict['no_slower'] else 'SLOWER'})")
+    if failed:
         sys.exit(2)
-    if f.compile_only and f.compare:
-        print("error: --compile_only times nothing, so it cannot --compare", file=sys.stderr)
-        sys.exit(2)
-    try:
-        if f.compare:
-            results = compare(f.config, **kwargs)
-        else:
-            results = [run(f.config, baseline=f.baseline, compile_only=f.compile_only,
-                           profile_steps=f.profile_steps, **kwargs)]
-    except ValueError as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(2)
-    for r in results:
-        r["compilation_cache"] = cache
-        r["xla_flags"] = xla_flags  # what XLA ran with: the config's flags and the user's $XLA_FLAGS
-        print(json.dumps(r) if f.json else format_result(r), flush=True)
-    if f.compare:
-        ours, plain = results
-        verdict = {"compare": ours["model"], "batch": ours["batch"], "ours_step_ms": ours["step_ms"],
-                   "plain_flax_step_ms": plain["step_ms"], "ratio": round(ours["step_ms"] / plain["step_ms"], 3),
-                   "no_slower": ours["step_ms"] <= plain["step_ms"]}
-        print(json.dumps(verdict) if f.json else
-              f"ours / plain Flax step time = {verdict['ratio']:.3f} "
-              f"({'no slower' if verdict['no_slower'] else 'SLOWER'})")
 
 
-def define_flags() -> None:
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | None = None) -> None:
+    """This module's flags in `flag_values`; `argv`: the command line they will parse, when not sys.argv."""
     from resnet_v2_jax import cli
 
-    cli.define_config_flag()
-    flags.DEFINE_integer("steps", 10, "Timed steps (median reported).")
-    flags.DEFINE_integer("warmup", 2, "Untimed steps after the first call.")
-    flags.DEFINE_bool("json", False, "Print one JSON object per run instead of text.")
-    flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for the dtype; adds peak_fraction.")
-    flags.DEFINE_bool("eval", False, "Time the inference step (eval_step) instead of the training step.")
-    flags.DEFINE_bool("baseline", False, "Time the plain jit Flax ResNet of bench/plain_flax.py instead.")
-    flags.DEFINE_bool("compare", False, "Time ours, then the plain Flax baseline, and compare.")
+    fv = flag_values
+    cli.define_config_flag(fv, argv)
+    flags.DEFINE_integer("steps", 10, "Timed steps (median reported).", flag_values=fv)
+    flags.DEFINE_integer("warmup", 2, "Untimed steps after the first call.", flag_values=fv)
+    flags.DEFINE_bool("json", False, "Print one JSON object per run instead of text.", flag_values=fv)
+    flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for the dtype; adds peak_fraction.", flag_values=fv)
+    flags.DEFINE_bool("eval", False, "Time the inference step (eval_step) instead of the training step.",
+                      flag_values=fv)
+    flags.DEFINE_bool("baseline", False, "Time the plain jit Flax ResNet of bench/plain_flax.py instead.",
+                      flag_values=fv)
+    flags.DEFINE_bool("compare", False, "Time ours, then the plain Flax baseline, and compare.", flag_values=fv)
     flags.DEFINE_bool("compile_only", False, "Compile and report compile_s and XLA's compiled_peak_bytes; "
-                      "run no step (memory fit without the device's time).")
+                      "run no step (memory fit without the device's time).", flag_values=fv)
     flags.DEFINE_integer("profile_steps", 0, "After timing, trace this many more steps with JAX's profiler and "
-                         "add a `profile` summary (device busy/idle ms, kernels per step, top kernels).")
-    flags.DEFINE_enum("timing", "step", ["step", "loop"], "step: block each step, median; loop: one block.")
+                         "add a `profile` summary (device busy/idle ms, kernels per step, top kernels).",
+                         flag_values=fv)
+    flags.DEFINE_enum("timing", "step", ["step", "loop"], "step: block each step, median; loop: one block.",
+                      flag_values=fv)
     flags.DEFINE_string("compilation_cache_dir", "off",
                         "JAX persistent compilation cache for this run: 'off' (compile_s is a cold compile), "
-                        "'' (the training default dir) or a path; a warm cache shows what a restart pays.")
+                        "'' (the training default dir) or a path; a warm cache shows what a restart pays.",
+                        flag_values=fv)
+    flags.DEFINE_multi_string(
+        "also", [], "Another run in this process, after this one: a quoted command line of this module's flags "
+        "(e.g. --also='--config=experiments/cifar1001.py --config.batch_size=64 --steps=20'), repeatable. "
+        "They share the process's start-up, XLA flags (each config's must match) and --json/--compilation_cache_dir; "
+        "runs after the first report peak_bytes_in_use as null (the device's peak is per process).",
+        flag_values=fv)
 
 
 def cli_main(argv=None) -> None:

@@ -13,10 +13,12 @@ from absl import app, flags
 from ml_collections import config_flags
 
 
-def define_config_flag() -> None:
+def define_config_flag(flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | None = None) -> None:
+    """`--config` in `flag_values`; `argv`: the command line its `--config.x` overrides are read from
+    when it is not sys.argv (ml_collections reads them from there, not from the parser's argv)."""
     config_flags.DEFINE_config_file(
         "config", None, "Experiment file (experiments/X.py[:args]); override fields as --config.a.b=v.",
-        lock_config=True,
+        flag_values=flag_values, lock_config=True, sys_argv=argv,
     )
 
 
@@ -30,17 +32,18 @@ def _one_line(message: str) -> str:
     return message.replace("; Did you mean:", "; did you mean:")
 
 
-def parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) -> list[str]:
+    """`flag_values(argv)` with every error as one line on stderr and exit code 2."""
     def fail(message: str):
         print(f"error: {_one_line(message)}", file=sys.stderr)
         sys.exit(2)
 
     try:
-        rest = flags.FLAGS(argv)
-        if "config" in flags.FLAGS:
-            if flags.FLAGS.config is None:
+        rest = flag_values(argv)
+        if "config" in flag_values:
+            if flag_values.config is None:
                 fail("--config is required (e.g. --config=experiments/quickstart.py)")
-            flags.FLAGS.config.keys()  # the config file loads lazily: surface its errors here
+            flag_values.config.keys()  # the config file loads lazily: surface its errors here
     except flags.Error as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         print(f"usage: python -m {_module_name(argv)} --config=experiments/X.py [--config.field=value ...]",

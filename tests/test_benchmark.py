@@ -55,9 +55,13 @@ def check_result(r: dict, mode: str) -> None:
 
 
 def test_train_step_json_and_no_tensorflow():
-    p = run_cli(*TINY, "--peak_tflops=1.0", "--profile_steps=1")
+    also = "--config=experiments/cifar10_resnet110.py --config.model.depth=14 --config.batch_size=8 --steps=1 --eval"
+    p = run_cli(*TINY, "--peak_tflops=1.0", "--profile_steps=1", f"--also={also}")
     assert p.returncode == 0, p.stderr
-    (r,) = json_lines(p.stdout)
+    r, second = json_lines(p.stdout)
+    # The --also run: its own flags and overrides, in the same process (the device's peak is the process's).
+    assert (second["depth"], second["mode"], second["steps"], second["warmup"]) == (14, "eval", 1, 2)
+    assert second["xla_flags"] == r["xla_flags"] and second["peak_bytes_in_use"] is None and "profile" not in second
     check_result(r, "train")
     assert r["setup_s"] >= r["compile_s"]  # config to compiled step includes the compile
     # The real profiler trace of one more step, read back: a CPU has no device events, only the host's.
@@ -248,6 +252,10 @@ BAD = [
     ["--config=experiments/cifar10_resnet110.py", "--steps=0"],
     ["--config=experiments/cifar10_resnet110.py", "--config.xla_flags=gpu_autotune_level=0"],
     ["--config=experiments/cifar10_resnet110.py", "--profile_steps=2", "--compare"],
+    # --also runs share the process, so its XLA flags: ImageNet's differ from CIFAR's.
+    ["--config=experiments/cifar10_resnet110.py", "--also=--config=experiments/imagenet_resnet50.py"],
+    ["--config=experiments/cifar10_resnet110.py", "--also=--config=experiments/cifar10_resnet110.py --steps=0"],
+    ["--config=experiments/cifar10_resnet110.py", "--also=--config=experiments/cifar10_resnet110.py --config.nope=1"],
 ]
 
 
