@@ -339,11 +339,16 @@ def run(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, ba
 
 
 def profile(runner: Runner, steps: int) -> dict:
-    """`trace_summary.summarize` of `steps` back-to-back calls traced by JAX's profiler."""
-    with tempfile.TemporaryDirectory() as log_dir:
-        with jax.profiler.trace(log_dir, create_perfetto_trace=True):
-            runner.loop(steps)
-        return trace_summary.summarize(trace_summary.load_perfetto(log_dir), steps)
+    """`trace_summary.summarize` of `steps` back-to-back calls traced by JAX's profiler, or
+    {"error": ...}: the profile is an extra, and a profiler or trace format this code has not met
+    (it has not yet run on a GPU) must not cost the timed line or the --also runs after it."""
+    try:
+        with tempfile.TemporaryDirectory() as log_dir:
+            with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+                runner.loop(steps)
+            return trace_summary.summarize(trace_summary.load_perfetto(log_dir), steps)
+    except Exception as e:  # noqa: BLE001 - reported in the line instead
+        return {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
 
 
 def compare(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, peak_tflops: float = 0.0,

@@ -403,3 +403,19 @@ def test_trace_summary_per_step_device_time_of_a_known_trace():
     # A device process whose threads are not named as streams: all of them count.
     other = [meta(7, "/device:TPU:0"), thread(7, 1, "TensorCore"), x(7, 1, "fusion.1", 0, 10)]
     assert trace_summary.summarize({"traceEvents": other}, steps=1)["kernels_per_step"] == 1.0
+
+
+def test_a_failing_profile_is_reported_in_the_line_not_raised(monkeypatch):
+    """The profile never ran on a GPU yet: a trace it cannot read must not cost the timed line."""
+    from resnet_v2_jax import trace_summary
+
+    def unreadable(log_dir):
+        raise ValueError("no perfetto trace under " + log_dir)
+
+    class Idle:  # stands in for a Runner: the profiler traces whatever runs, here nothing
+        def loop(self, steps):
+            return 0.0
+
+    monkeypatch.setattr(trace_summary, "load_perfetto", unreadable)
+    out = benchmark.profile(Idle(), 1)
+    assert set(out) == {"error"} and out["error"].startswith("ValueError: no perfetto trace under ")
