@@ -442,7 +442,7 @@ def main(argv):
         sys.exit(2)
     runs = [f] + _also_runs(f)
     cache = step_lib.use_compilation_cache(f.compilation_cache_dir)
-    failed = False
+    rc = 0
     for i, fv in enumerate(runs):
         if i:  # free the previous run's executables (and their device memory) before the next compiles
             jax.clear_caches()
@@ -455,9 +455,14 @@ def main(argv):
             else:
                 results = [run(fv.config, baseline=fv.baseline, compile_only=fv.compile_only,
                                profile_steps=fv.profile_steps, **kwargs)]
-        except ValueError as e:
+        except ValueError as e:  # a config this step cannot run: a usage error
             print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-            failed = True
+            rc = max(rc, 2)
+            continue
+        except Exception as e:  # noqa: BLE001 - e.g. XLA out of memory: said in one line, the next run goes on
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(f"error: {fv.config.experiment}: {type(e).__name__}: {first}", file=sys.stderr)
+            rc = max(rc, 1)
             continue
         for r in results:
             r["compilation_cache"] = cache
@@ -474,8 +479,8 @@ def main(argv):
             print(json.dumps(verdict) if f.json else
                   f"ours / plain Flax step time = {verdict['ratio']:.3f} "
                   f"({'no slower' if verdict['no_slower'] else 'SLOWER'})")
-    if failed:
-        sys.exit(2)
+    if rc:
+        sys.exit(rc)
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | None = None) -> None:

@@ -419,3 +419,26 @@ def test_a_failing_profile_is_reported_in_the_line_not_raised(monkeypatch):
     monkeypatch.setattr(trace_summary, "load_perfetto", unreadable)
     out = benchmark.profile(Idle(), 1)
     assert set(out) == {"error"} and out["error"].startswith("ValueError: no perfetto trace under ")
+
+
+def test_a_run_that_fails_on_the_device_is_one_line_and_the_next_run_goes_on():
+    """An --also run after one that fails (here a stand-in for XLA's out-of-memory error): one line on
+    stderr naming the experiment, the next run's JSON, exit status 1."""
+    code = textwrap.dedent("""
+        from resnet_v2_jax import benchmark
+        real = benchmark.run
+        def run(config, **kw):
+            if config.model.depth == 14:
+                raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 99 bytes.\\nthe rest")
+            return real(config, **kw)
+        benchmark.run = run
+        benchmark.cli_main()
+    """)
+    also = "--also=" + " ".join(TINY[:4]) + " --steps=1 --warmup=0"
+    p = subprocess.run([sys.executable, "-c", code, *TINY[:1], "--config.model.depth=14", *TINY[2:], also],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr
+    assert "error: cifar10_resnet110: RuntimeError: RESOURCE_EXHAUSTED: Out of memory allocating 99 bytes." in p.stderr
+    assert "Traceback" not in p.stderr and "the rest" not in p.stderr
+    (r,) = json_lines(p.stdout)
+    assert r["depth"] == 8 and r["steps"] == 1
