@@ -511,7 +511,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | 
                         flag_values=fv)
     flags.DEFINE_multi_string(
         "also", [], "Another run in this process, after this one: a quoted command line of this module's flags "
-        "(e.g. --also='--config=experiments/cifar1001.py --config.batch_size=64 --steps=20'), repeatable. "
+        "(e.g. --also='--config=experiments/cifar1001.py --config.batch_size=64 --steps=20'; shell quoting "
+        "inside), repeatable. "
         "They share the process's start-up, XLA flags (each config's must match) and --json/--compilation_cache_dir; "
         "runs after the first report peak_bytes_in_use as null (the device's peak is per process).",
         flag_values=fv)
