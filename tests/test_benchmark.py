@@ -284,6 +284,8 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
              dict(base, model="cifar1001", batch=64, input="rows+augment", scan_unroll=10,
                   xla_flags="--xla_gpu_enable_command_buffer=WHILE"),
              dict(base, model="cifar110", batch=128, scan=False, input="rows+augment"),
+             dict(base, model="cifar164", batch=128, input="rows+augment", peak_bytes_in_use=None,
+                  compiled_peak_bytes=2**31),  # an --also run: XLA's allocation stands in
              {"peer": "torch-eager", "model": "in50", "batch": 256, "img_s": 5000.0},
              dict(dict.fromkeys(benchmark.KEYS), impl="ours", model="cifar1001", batch=64, timing="compile only",
                   compile_s=20.0, compiled_peak_bytes=2**33),
@@ -296,11 +298,12 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
         "ours (uint8+colour input)", "ours (uint8+colour input) +XLA GPU flags",
         "ours (uint8+colour input) +remat(conv)",
         "ours (rows+augment input) +unroll10 +enable_command_buffer",
-        "ours-unrolled (rows+augment input)", "torch-eager"])
+        "ours-unrolled (rows+augment input)", "ours (rows+augment input)", "torch-eager"])
     assert [r["model"] for r in compiled] == ["cifar1001"] and len(missing) == 1
     table = chart.markdown(rows, missing, compiled)
     assert "| in50 | 256 | train | ours (uint8+colour input) | bfloat16 | 25.0 | 10240.0 | 30.0 | 16.00 |" in table
     assert "Compile only: cifar1001 batch 64" in table and "8.00 GiB" in table
+    assert "| cifar164 | 128 | train | ours (rows+augment input) | bfloat16 | 25.0 | 10240.0 | 30.0 | 2.00 (XLA's) |" in table
     assert "Not measured: " in table and "cifar1001_b128" in table
     chart.chart(rows, str(tmp_path / "t.png"), "test")
     assert (tmp_path / "t.png").stat().st_size > 1000
