@@ -59,7 +59,7 @@ from resnet_v2_jax import augment, summary, trace_summary
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import step as step_lib
 
-KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "dtype", "scan", "scan_unroll", "remat",
+KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "distinct_batches", "dtype", "scan", "scan_unroll", "remat",
         "remat_policy", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
         "step_ms_min", "step_ms_max", "dispatch_ms", "setup_s", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
@@ -96,17 +96,20 @@ def load_plain_flax():
 class Runner:
     """One compiled step and its state: `compile_s` at construction, then `step()` per blocked call."""
 
-    def __init__(self, fn, state, batch, donates: bool = True, extra=()):
-        self.state, self.batch, self.donates, self.extra = state, batch, donates, extra
+    def __init__(self, fn, state, batches: list, donates: bool = True, extra=()):
+        self.state, self.batches, self.donates, self.extra = state, batches, donates, extra
         t0 = time.perf_counter()
-        self.compiled = fn.lower(state, batch, *extra).compile()
+        self.compiled = fn.lower(state, batches[0], *extra).compile()
         self.compile_s = time.perf_counter() - t0
         self.compiled_peak_bytes = compiled_peak_bytes(self.compiled)
         self.metrics = None
+        self.calls = 0
         self.dispatch_s = []  # per blocked step: seconds until the call returned, before the block
 
     def call(self):
-        out = self.compiled(self.state, self.batch, *self.extra)
+        batch = self.batches[self.calls % len(self.batches)]  # in turn, as training feeds a new one each step
+        self.calls += 1
+        out = self.compiled(self.state, batch, *self.extra)
         if self.donates:
             self.state, self.metrics = out
         else:
@@ -215,7 +218,18 @@ def lower_step(config, mesh, *, baseline: bool = False, seed: int = 0):
     return step_lib.compile_steps(task, mesh)[0].lower(state, batch, train_images)
 
 
-def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int = 0):
+def distinct_batches(batch: dict, n: int) -> list[dict]:
+    """`batch` and n - 1 more in buffers of their own, the examples rolled by 1..n-1 places (same
+    shapes, shardings and dtypes, other contents). A training step gets a new batch each call, so
+    its inputs sit at new addresses; with command buffers (CUDA graphs) XLA then updates the graph
+    before it runs, a cost one batch fed again and again never shows."""
+    if n < 1:
+        raise ValueError(f"distinct_batches={n} must be >= 1")
+    return [batch] + [jax.tree.map(lambda a, k=k: jax.device_put(jnp.roll(a, k, axis=0), a.sharding), batch)
+                      for k in range(1, n)]
+
+
+def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int = 0, batches: int = 1):
     """(Runner, description) for one configuration: state, on-device batch, compiled step.
 
     Each experiment's training step gets what its real input pipeline hands it. ImageNet: uint8
@@ -259,7 +273,8 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
                                                     step_lib.batch_sharding(mesh)))
         params = analysis["params"]
         extra = () if eval_mode else (train_images,)
-    runner = Runner(eval_fn if eval_mode else train_fn, state, batch, donates=not eval_mode, extra=extra)
+    runner = Runner(eval_fn if eval_mode else train_fn, state, distinct_batches(batch, batches),
+                    donates=not eval_mode, extra=extra)
     desc = {
         "impl": "plain_flax" if baseline else "ours",
         "mode": "eval" if eval_mode else "train",
@@ -269,6 +284,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "depth": config.model.depth,
         "block": config.model.block,
         "batch": batch_size,
+        "distinct_batches": batches,
         "dtype": config.model.dtype,
         "scan": bool(config.model.scan) and not baseline,
         "scan_unroll": config.model.scan_unroll if config.model.scan and not baseline else None,
@@ -321,12 +337,12 @@ def result(runner: Runner, desc: dict, first: float, times: list[float], warmup:
 
 def run(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, baseline: bool = False,
         peak_tflops: float = 0.0, timing: str = "step", seed: int = 0, compile_only: bool = False,
-        profile_steps: int = 0) -> dict:
+        profile_steps: int = 0, batches: int = 1) -> dict:
     """Times one configuration; returns the result dict (the KEYS above). `compile_only`: compile,
     report `compile_s` and XLA's `compiled_peak_bytes`, run nothing (step fields None). `profile_steps`:
     after the timed steps, that many more back to back under JAX's profiler, summarised as `profile`
     (`trace_summary.summarize`: device busy and idle time, kernels, where the time goes)."""
-    runner, desc = setup(config, eval_mode=eval_mode, baseline=baseline, seed=seed)
+    runner, desc = setup(config, eval_mode=eval_mode, baseline=baseline, seed=seed, batches=batches)
     if compile_only:
         return dict(dict.fromkeys(KEYS), **desc, **{
             "compile_s": round(runner.compile_s, 3), "compiled_peak_bytes": runner.compiled_peak_bytes,
@@ -352,9 +368,9 @@ def profile(runner: Runner, steps: int) -> dict:
 
 
 def compare(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, peak_tflops: float = 0.0,
-            timing: str = "step", seed: int = 0) -> list[dict]:
+            timing: str = "step", seed: int = 0, batches: int = 1) -> list[dict]:
     """Ours and the plain Flax baseline, compiled one after the other, timed with alternating steps."""
-    pairs = [setup(config.copy_and_resolve_references(), eval_mode=eval_mode, baseline=b, seed=seed)
+    pairs = [setup(config.copy_and_resolve_references(), eval_mode=eval_mode, baseline=b, seed=seed, batches=batches)
              for b in (False, True)]
     firsts, times = time_runners([r for r, _ in pairs], steps, warmup, timing)
     # Peak memory is per process: with both in one process it is the larger of the two.
@@ -393,8 +409,8 @@ def format_result(r: dict) -> str:
 
 def _usage_error(f) -> str | None:
     """What is wrong with one run's flags (`f`: the process's or an --also run's), else None."""
-    if f.steps < 1 or f.warmup < 0:
-        return "--steps must be >= 1 and --warmup >= 0"
+    if f.steps < 1 or f.warmup < 0 or f.distinct_batches < 1:
+        return "--steps and --distinct_batches must be >= 1 and --warmup >= 0"
     if f.profile_steps < 0 or f.profile_steps and (f.compile_only or f.compare):
         return "--profile_steps must be >= 0 and goes with one timed run (not --compile_only or --compare)"
     if f.compile_only and f.compare:
@@ -448,7 +464,7 @@ def main(argv):
             jax.clear_caches()
             gc.collect()
         kwargs = dict(steps=fv.steps, warmup=fv.warmup, eval_mode=fv.eval, peak_tflops=fv.peak_tflops,
-                      timing=fv.timing)
+                      timing=fv.timing, batches=fv.distinct_batches)
         try:
             if fv.compare:
                 results = compare(fv.config, **kwargs)
@@ -505,6 +521,9 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | 
                          flag_values=fv)
     flags.DEFINE_enum("timing", "step", ["step", "loop"], "step: block each step, median; loop: one block.",
                       flag_values=fv)
+    flags.DEFINE_integer("distinct_batches", 1, "Feed the steps N batches in turn, each in its own device buffers, "
+                         "as training feeds a new batch each step (with command buffers XLA then updates the "
+                         "graphs' input addresses at each call); 1: the same batch every step.", flag_values=fv)
     flags.DEFINE_string("compilation_cache_dir", "off",
                         "JAX persistent compilation cache for this run: 'off' (compile_s is a cold compile), "
                         "'' (the training default dir) or a path; a warm cache shows what a restart pays.",

@@ -56,9 +56,10 @@ def check_result(r: dict, mode: str) -> None:
 
 def test_train_step_json_and_no_tensorflow():
     also = "--config=experiments/cifar10_resnet110.py --config.model.depth=14 --config.batch_size=8 --steps=1 --eval"
-    p = run_cli(*TINY, "--peak_tflops=1.0", "--profile_steps=1", f"--also={also}")
+    p = run_cli(*TINY, "--peak_tflops=1.0", "--profile_steps=1", "--distinct_batches=2", f"--also={also}")
     assert p.returncode == 0, p.stderr
     r, second = json_lines(p.stdout)
+    assert r["distinct_batches"] == 2 and second["distinct_batches"] == 1
     # The --also run: its own flags and overrides, in the same process (the device's peak is the process's).
     assert (second["depth"], second["mode"], second["steps"], second["warmup"]) == (14, "eval", 1, 2)
     assert second["xla_flags"] == r["xla_flags"] and second["peak_bytes_in_use"] is None and "profile" not in second
@@ -250,6 +251,7 @@ BAD = [
     ["--config=experiments/no_such.py"],
     ["--config=experiments/cifar10_resnet110.py", "--config.no_such_field=1"],
     ["--config=experiments/cifar10_resnet110.py", "--steps=0"],
+    ["--config=experiments/cifar10_resnet110.py", "--distinct_batches=0"],
     ["--config=experiments/cifar10_resnet110.py", "--config.xla_flags=gpu_autotune_level=0"],
     ["--config=experiments/cifar10_resnet110.py", "--profile_steps=2", "--compare"],
     # --also runs share the process, so its XLA flags: ImageNet's differ from CIFAR's.
@@ -284,6 +286,7 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
              dict(base, model="cifar1001", batch=64, input="rows+augment", scan_unroll=10,
                   xla_flags="--xla_gpu_enable_command_buffer=WHILE"),
              dict(base, model="cifar110", batch=128, scan=False, input="rows+augment"),
+             dict(base, model="cifar110", batch=128, scan=False, input="rows+augment", distinct_batches=2),
              dict(base, model="cifar164", batch=128, input="rows+augment", peak_bytes_in_use=None,
                   compiled_peak_bytes=2**31),  # an --also run: XLA's allocation stands in
              {"peer": "torch-eager", "model": "in50", "batch": 256, "img_s": 5000.0},
@@ -298,7 +301,8 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
         "ours (uint8+colour input)", "ours (uint8+colour input) +XLA GPU flags",
         "ours (uint8+colour input) +remat(conv)",
         "ours (rows+augment input) +unroll10 +enable_command_buffer",
-        "ours-unrolled (rows+augment input)", "ours (rows+augment input)", "torch-eager"])
+        "ours-unrolled (rows+augment input)", "ours-unrolled (rows+augment input) +2 batches",
+        "ours (rows+augment input)", "torch-eager"])
     assert [r["model"] for r in compiled] == ["cifar1001"] and len(missing) == 1
     table = chart.markdown(rows, missing, compiled)
     assert "| in50 | 256 | train | ours (uint8+colour input) | bfloat16 | 25.0 | 10240.0 | 30.0 | 16.00 |" in table
@@ -445,3 +449,18 @@ def test_a_run_that_fails_on_the_device_is_one_line_and_the_next_run_goes_on():
     assert "Traceback" not in p.stderr and "the rest" not in p.stderr
     (r,) = json_lines(p.stdout)
     assert r["depth"] == 8 and r["steps"] == 1
+
+
+def test_distinct_batches_are_the_batch_rolled_into_buffers_of_their_own():
+    """What --distinct_batches feeds in turn: same shapes, dtypes and shardings, other contents and
+    other device buffers (a graph replayed with new input addresses, as in training)."""
+    import jax.numpy as jnp
+
+    batch = {"index": jnp.arange(8, dtype=jnp.int32), "label": 2 * jnp.arange(8, dtype=jnp.int32)}
+    a, b, c = benchmark.distinct_batches(batch, 3)
+    assert a is batch
+    assert b["index"].tolist() == [7, 0, 1, 2, 3, 4, 5, 6] and c["label"].tolist() == [12, 14, 0, 2, 4, 6, 8, 10]
+    assert len({x["index"].unsafe_buffer_pointer() for x in (a, b, c)}) == 3
+    assert b["index"].sharding == batch["index"].sharding and b["index"].dtype == jnp.int32
+    with pytest.raises(ValueError, match="distinct_batches=0 must be >= 1"):
+        benchmark.distinct_batches(batch, 0)
