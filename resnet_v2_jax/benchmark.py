@@ -433,7 +433,9 @@ def _also_runs(f) -> list:
             problem = (f"unexpected arguments {rest[1:]}" if rest[1:] else _usage_error(fv) or (
                 None if fv.config.xla_flags == f.config.xla_flags else
                 f"its config.xla_flags {fv.config.xla_flags!r} differ from this process's "
-                f"{f.config.xla_flags!r}: XLA reads its flags once per process, so run it on its own"))
+                f"{f.config.xla_flags!r}: XLA reads its flags once per process, so run it on its own") or (
+                "--compilation_cache_dir is the process's: set it outside --also"
+                if fv["compilation_cache_dir"].present else None))
         except SystemExit:
             problem = "see the line above"
         if problem:

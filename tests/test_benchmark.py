@@ -258,6 +258,8 @@ BAD = [
     ["--config=experiments/cifar10_resnet110.py", "--also=--config=experiments/imagenet_resnet50.py"],
     ["--config=experiments/cifar10_resnet110.py", "--also=--config=experiments/cifar10_resnet110.py --steps=0"],
     ["--config=experiments/cifar10_resnet110.py", "--also=--config=experiments/cifar10_resnet110.py --config.nope=1"],
+    ["--config=experiments/cifar10_resnet110.py",
+     "--also=--config=experiments/cifar10_resnet110.py --compilation_cache_dir=/tmp/x"],
 ]
 
 
