@@ -435,7 +435,7 @@ def _also_runs(f) -> list:
                 f"its config.xla_flags {fv.config.xla_flags!r} differ from this process's "
                 f"{f.config.xla_flags!r}: XLA reads its flags once per process, so run it on its own") or (
                 "--compilation_cache_dir is the process's: set it outside --also"
-                if fv["compilation_cache_dir"].present else None))
+                if fv["compilation_cache_dir"].present else "--also does not nest" if fv.also else None))
         except SystemExit:
             problem = "see the line above"
         if problem:
