@@ -387,7 +387,8 @@ def _ms(x: float | None) -> str:
 
 def format_result(r: dict) -> str:
     mem, xla = _size(r["peak_bytes_in_use"]), _size(r["compiled_peak_bytes"])
-    head = (f"{r['impl']} {r['mode']} {r['model']} ({r['experiment']}) batch {r['batch']} {r['dtype']} "
+    fed = f" (fed {r['distinct_batches']} batches in turn)" if (r.get("distinct_batches") or 1) > 1 else ""
+    head = (f"{r['impl']} {r['mode']} {r['model']} ({r['experiment']}) batch {r['batch']}{fed} {r['dtype']} "
             f"scan={r['scan']} on {r['num_devices']} x {r['device_kind']}, JAX {r['jax_version']}\n"
             f"  compile {r['compile_s']:.2f} s; XLA's peak memory for one step {xla} per device")
     if r["step_ms"] is None:
@@ -398,6 +399,8 @@ def format_result(r: dict) -> str:
         cats = ", ".join(f"{k} {v['ms']:.2f} ms ({v['count']:g})" for k, v in prof["by_category"].items())
         prof = (f"\n  device, per step: busy {prof['busy_ms']:.2f} ms, idle {prof['idle_ms']:.2f} ms, "
                 f"{prof['kernels_per_step']:g} kernels: {cats}")
+    elif prof and "error" in prof:
+        prof = f"\n  profile failed: {prof['error']}"
     elif prof:
         prof = f"\n  profile: no device events (processes: {', '.join(prof['processes'])})"
     return (f"{head}, first step {r['first_step_s']:.3f} s\n"

@@ -428,6 +428,10 @@ def test_a_failing_profile_is_reported_in_the_line_not_raised(monkeypatch):
     monkeypatch.setattr(trace_summary, "load_perfetto", unreadable)
     out = benchmark.profile(Idle(), 1)
     assert set(out) == {"error"} and out["error"].startswith("ValueError: no perfetto trace under ")
+    line = dict(dict.fromkeys(benchmark.KEYS, 1.0), impl="ours", mode="train", model="cifar8", experiment="x",
+                dtype="float32", scan=False, device_kind="cpu", jax_version="0", distinct_batches=2, profile=out)
+    text = benchmark.format_result(line)
+    assert "profile failed: ValueError: no perfetto trace under " in text and "fed 2 batches in turn" in text
 
 
 def test_a_run_that_fails_on_the_device_is_one_line_and_the_next_run_goes_on():
