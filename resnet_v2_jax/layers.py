@@ -98,22 +98,29 @@ def _bn_forward(x, scale, bias, relu, epsilon, dtype):
     return (jnp.maximum(y, 0) if relu else y), mean, var, mul, add
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
-def _bn_train(x, scale, bias, relu, epsilon, dtype):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _bn_train(x, scale, bias, relu, epsilon, dtype, recompute_mask=False):
     return _bn_forward(x, scale, bias, relu, epsilon, dtype)[:3]
 
 
-def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype):
+def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask=False):
     y, mean, var, mul, add = _bn_forward(x, scale, bias, relu, epsilon, dtype)
     # Saved: the input and one stack of per-channel vectors (scale * rstd is `mul`). Autodiff
     # would save the float32 copy of x, the ReLU mask and about six per-channel intermediates:
     # inside a scan each is one more stacked buffer, and one more kernel per unit on the GPU.
-    return (y, mean, var), (x, jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add]))
+    res = (x, jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add]))
+    if relu and recompute_mask:
+        # The backward's mask is the forward's arithmetic on the same values, so XLA merges the two
+        # and keeps the forward's mask (1 byte an element, written and read back). Behind a barrier
+        # the saved values are new to XLA, and the backward recomputes the mask from x, which it
+        # reads anyway.
+        res = jax.lax.optimization_barrier(res)
+    return (y, mean, var), res
 
 
-def _bn_train_bwd(relu, epsilon, dtype, res, cotangents):
+def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, res, cotangents):
     """The textbook BN gradient per group, plus the (usually zero) cotangents of mean and var."""
-    del epsilon
+    del epsilon, recompute_mask
     x, (mean, rstd, mul, add) = res
     gy, gmean, gvar = cotangents
     axes = tuple(range(1, x.ndim - 1))
@@ -147,6 +154,7 @@ class BatchNorm(nn.Module):
     dtype: Any = jnp.float32
     scale_init: Any = nn.initializers.ones
     relu: bool = False
+    recompute_mask: bool = False  # the backward recomputes the ReLU mask (config.model.bn_recompute_mask)
 
     @nn.compact
     def __call__(self, x):
@@ -167,7 +175,8 @@ class BatchNorm(nn.Module):
         if n % g:
             raise ValueError(f"bn_group_size={g} does not divide the batch of {n} examples")
         grouped = x.reshape((n // g, g) + x.shape[1:])
-        y, mean, var = _bn_train(grouped, scale, bias, self.relu, self.epsilon, jnp.dtype(self.dtype))
+        y, mean, var = _bn_train(grouped, scale, bias, self.relu, self.epsilon, jnp.dtype(self.dtype),
+                                 self.recompute_mask)
         if not self.is_initializing():
             axes = tuple(range(grouped.ndim - 1))
             m = self.momentum

@@ -100,6 +100,7 @@ class ResidualUnit(nn.Module):
     zero_init_last: bool = False
     train: bool = True
     bn_group_size: int = 0
+    bn_recompute_mask: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -108,7 +109,8 @@ class ResidualUnit(nn.Module):
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
                                  conv_general_dilated=scan_friendly_conv)
         norm = functools.partial(
-            BatchNorm, use_running_average=not self.train, group_size=self.bn_group_size, dtype=self.dtype
+            BatchNorm, use_running_average=not self.train, group_size=self.bn_group_size, dtype=self.dtype,
+            recompute_mask=self.bn_recompute_mask,
         )
 
         preact = apply_ops(order.pre, x, norm)

@@ -497,6 +497,27 @@ def test_remat_gives_the_same_loss_and_gradients(small_net, policy):
     assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads0)) > 1e-3
 
 
+def test_bn_recompute_mask_reaches_every_bn_relu_and_changes_no_number(small_net):
+    # ResNet-20, full pre-activation: the final BN-ReLU and two per traced unit body (each stage's
+    # first unit and its scanned rest, traced once): 1 + 2 x (3 + 3) barriers.
+    """config.model.bn_recompute_mask puts a barrier on each BN-ReLU's saved tensors (so XLA cannot
+    store the forward's ReLU mask for the backward); the loss and gradients stay the same."""
+    cfg, variables, x, (loss0, grads0) = small_net
+    cfg2 = cfg.copy_and_resolve_references()
+    cfg2.bn_recompute_mask = True
+    model = networks.build(cfg2)
+    loss, grads = _loss_and_grads(model, variables, x)
+    close(loss, loss0)
+    tree_close(grads, grads0, atol=1e-5, rtol=1e-4)
+
+    def barriers(m):  # in the gradient's program: the barrier is in BN's forward rule for autodiff
+        jaxpr = jax.make_jaxpr(jax.grad(lambda p: apply_train(
+            m, {"params": p, "batch_stats": variables["batch_stats"]}, x)[0].sum()))(variables["params"])
+        return str(jaxpr).count("optimization_barrier")
+
+    assert barriers(networks.build(cfg)) == 0 and barriers(model) == 13
+
+
 # ---------------------------------------------------------------------------------------------
 # Stride placement and shortcut types.
 
