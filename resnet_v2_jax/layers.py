@@ -113,7 +113,8 @@ def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask=False):
         # The backward's mask is the forward's arithmetic on the same values, so XLA merges the two
         # and keeps the forward's mask (1 byte an element, written and read back). Behind a barrier
         # the saved values are new to XLA, and the backward recomputes the mask from x, which it
-        # reads anyway.
+        # reads anyway. In float32 the gradients agree to rounding (tests); in bfloat16 another
+        # fusion may round x * mul + add differently, so the mask can differ where it is ~0.
         res = jax.lax.optimization_barrier(res)
     return (y, mean, var), res
 
