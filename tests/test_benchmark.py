@@ -260,6 +260,7 @@ BAD = [
     ["--config=experiments/cifar10_resnet110.py", "--also=--config=experiments/cifar10_resnet110.py --config.nope=1"],
     ["--config=experiments/cifar10_resnet110.py",
      "--also=--config=experiments/cifar10_resnet110.py --compilation_cache_dir=/tmp/x"],
+    ["--config=experiments/cifar10_resnet110.py", "--also=--config=experiments/cifar10_resnet110.py --also=x"],
 ]
 
 
