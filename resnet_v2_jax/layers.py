@@ -103,7 +103,7 @@ def _bn_train(x, scale, bias, relu, epsilon, dtype, recompute_mask=False):
     return _bn_forward(x, scale, bias, relu, epsilon, dtype)[:3]
 
 
-def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask=False):
+def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask):
     y, mean, var, mul, add = _bn_forward(x, scale, bias, relu, epsilon, dtype)
     # Saved: the input and one stack of per-channel vectors (scale * rstd is `mul`). Autodiff
     # would save the float32 copy of x, the ReLU mask and about six per-channel intermediates:

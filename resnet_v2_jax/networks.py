@@ -145,7 +145,7 @@ def build(model: ml_collections.ConfigDict, bn_group_size: int = 0) -> ResNet:
         remat=model.remat,
         remat_policy=model.remat_policy,
         bn_group_size=bn_group_size,
-        bn_recompute_mask=bool(model.get("bn_recompute_mask", False)),
+        bn_recompute_mask=model.bn_recompute_mask,
     )
 
 

@@ -498,8 +498,6 @@ def test_remat_gives_the_same_loss_and_gradients(small_net, policy):
 
 
 def test_bn_recompute_mask_reaches_every_bn_relu_and_changes_no_number(small_net):
-    # ResNet-20, full pre-activation: the final BN-ReLU and two per traced unit body (each stage's
-    # first unit and its scanned rest, traced once): 1 + 2 x (3 + 3) barriers.
     """config.model.bn_recompute_mask puts a barrier on each BN-ReLU's saved tensors (so XLA cannot
     store the forward's ReLU mask for the backward); the loss and gradients stay the same."""
     cfg, variables, x, (loss0, grads0) = small_net
@@ -515,6 +513,8 @@ def test_bn_recompute_mask_reaches_every_bn_relu_and_changes_no_number(small_net
             m, {"params": p, "batch_stats": variables["batch_stats"]}, x)[0].sum()))(variables["params"])
         return str(jaxpr).count("optimization_barrier")
 
+    # ResNet-20, full pre-activation: the final BN-ReLU and two per traced unit body (each stage's
+    # first unit and its scanned rest, traced once): 1 + 2 x (3 + 3) barriers.
     assert barriers(networks.build(cfg)) == 0 and barriers(model) == 13
 
 
