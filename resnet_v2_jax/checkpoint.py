@@ -27,7 +27,7 @@ class CheckpointMismatch(ValueError):
 # How the step is compiled, not what it computes: the parameter layout and the numbers are the same
 # under each (tests/test_networks.py), so a checkpoint resumes under any of them, e.g. unrolled on a
 # GPU after a scanned start on a CPU.
-COMPILE_ONLY_FIELDS = ("scan", "scan_unroll", "remat", "remat_policy", "bn_recompute_mask")
+COMPILE_ONLY_FIELDS = ("scan", "scan_unroll", "remat", "remat_policy", "bn_recompute_mask", "bn_partial_sums")
 
 
 def _without_compile_only(fp: dict) -> dict:

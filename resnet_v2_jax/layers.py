@@ -78,18 +78,49 @@ def _group_sums(a, b, axes):
     return jnp.expand_dims(sa, axes), jnp.expand_dims(sb, axes)
 
 
+# XLA's GPU emitter sums at most 4096 rows of a column in one kernel without atomics; a longer sum
+# becomes two kernels, a pass over the rows into partial sums and a pass over the partials. It adds
+# up fewer than 32 partials per channel (64 under 32 channels) inline, inside the kernel that uses
+# them (reduction_utils.cc, IsUnnestedReductionFasterThanElemental, ReductionIsRaceFree).
+_ONE_KERNEL_ROWS = 4096
+
+
+def _partial_count(rows: int, channels: int) -> int:
+    """How many partial sums per channel `_partial_sums` makes; 1: leave the reduction to XLA."""
+    p = 32 if channels < 32 else 16
+    if rows <= _ONE_KERNEL_ROWS or rows % p or rows // p > _ONE_KERNEL_ROWS:
+        return 1
+    return p
+
+
+def _partial_sums(a, b, axes):
+    """`_group_sums` as one kernel of p partial sums per channel, added up where they are used.
+
+    For BN's forward this saves the GPU one kernel per BN (the per-channel factors take the partials
+    and add them), at the price of a first pass with p row groups instead of XLA's ~sqrt(rows)."""
+    rows = math.prod(a.shape[i] for i in axes)
+    p = _partial_count(rows, a.shape[-1])
+    if p == 1:
+        return _group_sums(a, b, axes)
+    split = (a.shape[0], p, rows // p, a.shape[-1])
+    sa, sb = jax.lax.reduce((a.reshape(split), b.reshape(split)), (jnp.float32(0), jnp.float32(0)),
+                            lambda x, y: (x[0] + y[0], x[1] + y[1]), (2,))
+    keep = (a.shape[0],) + (1,) * len(axes) + (a.shape[-1],)
+    return sa.sum(1).reshape(keep), sb.sum(1).reshape(keep)
+
+
 def _scale_shift(x, mul, add, dtype):
     """x * mul + add with per-channel float32 factors: one fused multiply-add in `dtype`. The forward,
     the eval path and the backward's ReLU mask all use it, so the mask matches the forward exactly."""
     return x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
 
 
-def _bn_forward(x, scale, bias, relu, epsilon, dtype):
+def _bn_forward(x, scale, bias, relu, epsilon, dtype, partial_sums):
     """x grouped as (G, g, ..., C). (y, mean, var, mul, add) with float32 per-group statistics."""
     axes = tuple(range(1, x.ndim - 1))
     count = math.prod(x.shape[a] for a in axes)
     xf = x.astype(jnp.float32)
-    s, ss = _group_sums(xf, xf * xf, axes)
+    s, ss = (_partial_sums if partial_sums else _group_sums)(xf, xf * xf, axes)
     mean = s / count
     var = jnp.maximum(ss / count - mean * mean, 0.0)
     mul = scale * jax.lax.rsqrt(var + epsilon)
@@ -98,13 +129,13 @@ def _bn_forward(x, scale, bias, relu, epsilon, dtype):
     return (jnp.maximum(y, 0) if relu else y), mean, var, mul, add
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _bn_train(x, scale, bias, relu, epsilon, dtype, recompute_mask=False):
-    return _bn_forward(x, scale, bias, relu, epsilon, dtype)[:3]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _bn_train(x, scale, bias, relu, epsilon, dtype, recompute_mask=False, partial_sums=False):
+    return _bn_forward(x, scale, bias, relu, epsilon, dtype, partial_sums)[:3]
 
 
-def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask):
-    y, mean, var, mul, add = _bn_forward(x, scale, bias, relu, epsilon, dtype)
+def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask, partial_sums):
+    y, mean, var, mul, add = _bn_forward(x, scale, bias, relu, epsilon, dtype, partial_sums)
     # Saved: the input and one stack of per-channel vectors (scale * rstd is `mul`). Autodiff
     # would save the float32 copy of x, the ReLU mask and about six per-channel intermediates:
     # inside a scan each is one more stacked buffer, and one more kernel per unit on the GPU.
@@ -119,9 +150,12 @@ def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask):
     return (y, mean, var), res
 
 
-def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, res, cotangents):
-    """The textbook BN gradient per group, plus the (usually zero) cotangents of mean and var."""
-    del epsilon, recompute_mask
+def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, partial_sums, res, cotangents):
+    """The textbook BN gradient per group, plus the (usually zero) cotangents of mean and var.
+
+    Its sums stay XLA's: split like the forward's, they made XLA store the float32 products
+    (counted for an H200: 109 more full-size kernels for ResNet-110)."""
+    del epsilon, recompute_mask, partial_sums
     x, (mean, rstd, mul, add) = res
     gy, gmean, gvar = cotangents
     axes = tuple(range(1, x.ndim - 1))
@@ -156,6 +190,7 @@ class BatchNorm(nn.Module):
     scale_init: Any = nn.initializers.ones
     relu: bool = False
     recompute_mask: bool = False  # the backward recomputes the ReLU mask (config.model.bn_recompute_mask)
+    partial_sums: bool = False  # the forward's sums as one kernel of partials (config.model.bn_partial_sums)
 
     @nn.compact
     def __call__(self, x):
@@ -177,7 +212,7 @@ class BatchNorm(nn.Module):
             raise ValueError(f"bn_group_size={g} does not divide the batch of {n} examples")
         grouped = x.reshape((n // g, g) + x.shape[1:])
         y, mean, var = _bn_train(grouped, scale, bias, self.relu, self.epsilon, jnp.dtype(self.dtype),
-                                 self.recompute_mask)
+                                 self.recompute_mask, self.partial_sums)
         if not self.is_initializing():
             axes = tuple(range(grouped.ndim - 1))
             m = self.momentum

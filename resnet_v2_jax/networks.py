@@ -62,13 +62,14 @@ class ResNet(nn.Module):
     remat_policy: str = "conv"
     bn_group_size: int = 0
     bn_recompute_mask: bool = False
+    bn_partial_sums: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = True):
         order = ORDERS[self.unit]
         norm = functools.partial(
             BatchNorm, use_running_average=not train, group_size=self.bn_group_size, dtype=self.dtype,
-            recompute_mask=self.bn_recompute_mask,
+            recompute_mask=self.bn_recompute_mask, partial_sums=self.bn_partial_sums,
         )
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
                                  conv_general_dilated=scan_friendly_conv)
@@ -91,7 +92,7 @@ class ResNet(nn.Module):
             scale_residual=self.scale_residual, gate_bias_init=self.gate_bias_init,
             shortcut_dropout=self.shortcut_dropout, stride_on=self.stride_on,
             zero_init_last=self.zero_init_last, train=train, bn_group_size=self.bn_group_size,
-            bn_recompute_mask=self.bn_recompute_mask, dtype=self.dtype,
+            bn_recompute_mask=self.bn_recompute_mask, bn_partial_sums=self.bn_partial_sums, dtype=self.dtype,
         )
         project_all = self.shortcut_type == "C" or self.shortcut == "conv1x1"
         for i, n in enumerate(self.stage_sizes):
@@ -146,6 +147,7 @@ def build(model: ml_collections.ConfigDict, bn_group_size: int = 0) -> ResNet:
         remat_policy=model.remat_policy,
         bn_group_size=bn_group_size,
         bn_recompute_mask=model.bn_recompute_mask,
+        bn_partial_sums=model.bn_partial_sums,
     )
 
 

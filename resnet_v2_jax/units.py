@@ -101,6 +101,7 @@ class ResidualUnit(nn.Module):
     train: bool = True
     bn_group_size: int = 0
     bn_recompute_mask: bool = False
+    bn_partial_sums: bool = False
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -110,7 +111,7 @@ class ResidualUnit(nn.Module):
                                  conv_general_dilated=scan_friendly_conv)
         norm = functools.partial(
             BatchNorm, use_running_average=not self.train, group_size=self.bn_group_size, dtype=self.dtype,
-            recompute_mask=self.bn_recompute_mask,
+            recompute_mask=self.bn_recompute_mask, partial_sums=self.bn_partial_sums,
         )
 
         preact = apply_ops(order.pre, x, norm)

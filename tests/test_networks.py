@@ -19,6 +19,7 @@ from helpers import random_fill
 
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import networks, summary
+from resnet_v2_jax.layers import BatchNorm
 from resnet_v2_jax.units import ResidualUnit
 
 BATCH, SIZE = 4, 8
@@ -516,6 +517,35 @@ def test_bn_recompute_mask_reaches_every_bn_relu_and_changes_no_number(small_net
     # ResNet-20, full pre-activation: the final BN-ReLU and two per traced unit body (each stage's
     # first unit and its scanned rest, traced once): 1 + 2 x (3 + 3) barriers.
     assert barriers(networks.build(cfg)) == 0 and barriers(model) == 13
+
+
+def test_bn_partial_sums_reaches_every_bn_with_long_sums_and_changes_no_number():
+    """config.model.bn_partial_sums splits the forward sums of each BN with more than 4096 rows
+    (ResNet-8 at 32x32, batch 8: stage 1's 8,192) into 32 partials; the outputs stay the same."""
+    cfg = model_config(depth=8, width=0.25)
+    model = networks.build(cfg)
+    cfg2 = cfg.copy_and_resolve_references()
+    cfg2.bn_partial_sums = True
+    split = networks.build(cfg2)
+    variables, x = random_variables(model, image=32), images(batch=8, size=32)
+
+    def partials(m):
+        return str(jax.make_jaxpr(lambda v: apply_train(m, v, x))(variables)).count("f32[1,32,4]")
+
+    long_sums = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        if isinstance(context.module, BatchNorm) and context.method_name == "__call__":
+            long_sums.append(math.prod(args[0].shape[:-1]) > 4096)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+        apply_train(split, variables, x)
+    assert sum(long_sums) == 3 and len(long_sums) == 7  # stage 1's three BNs, of seven
+    assert partials(model) == 0 and partials(split) == 3 * 2  # each: sum and sum of squares
+    (y0, s0), (y1, s1) = apply_train(model, variables, x), apply_train(split, variables, x)
+    close(y1, y0, atol=1e-4, rtol=1e-4)
+    tree_close(s1, s0, atol=1e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
