@@ -50,6 +50,10 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
                 impl += " +" + " +".join(f.split("=")[0].replace("--xla_gpu_", "") for f in r["xla_flags"].split())
             if r.get("remat"):
                 impl += f" +remat({r.get('remat_policy')})"
+            if r.get("bn_recompute_mask"):
+                impl += " +BN mask recomputed"
+            if r.get("bn_partial_sums"):
+                impl += " +BN partial sums"
             if (r.get("distinct_batches") or 1) > 1:
                 impl += f" +{r['distinct_batches']} batches"
             rows.append({

@@ -13,11 +13,14 @@ CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; prin
 # 1. With command buffers the CIFAR steps are GPU-bound at 6-8 us a kernel (2026-11-27), 7-8% short
 #    of the ResNet-110/164 goals. CUDA graphs whose independent commands may run concurrently (a DAG,
 #    not XLA's default "LHS" order, which serialises them): the backward's weight-gradient
-#    convolutions are off the critical path. Reported elsewhere to cost ~2x peak memory (0.7-5 GiB here).
+#    convolutions are off the critical path. Reported elsewhere to cost ~2x peak memory (0.7-2 GiB here).
 CONC="--config.xla_flags=$CIFAR_FLAGS --xla_gpu_command_buffer_scheduling_mode=CONCURRENT"  # quoted in --also=
-ours 240 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$CONC" \
-  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 '$CONC'" \
-  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 '$CONC'"
+ours 150 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$CONC" \
+  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 '$CONC'"
+#    Then ResNet-110 fed two batches in turn (--distinct_batches=2), as training feeds a new one each
+#    step: what updating the CUDA graphs' input addresses costs a call, with and without BN partial sums.
+ours 120 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --distinct_batches=2 \
+  "--also=--config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --distinct_batches=2 --config.model.bn_partial_sums=True"
 # 2. The memory goals (met 2026-11-26 with the earlier BN: 20.7 and 31.5 GiB; XLA's allocation now
 #    says 9.5 and 15.5): one process each, since the device's peak is the process's.
 ours 90  --config=experiments/cifar1001_b128.py --config.batch_size=128 --steps=10 --warmup=2

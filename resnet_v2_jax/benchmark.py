@@ -60,7 +60,7 @@ from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import step as step_lib
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "distinct_batches", "dtype", "scan", "scan_unroll", "remat",
-        "remat_policy", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
+        "remat_policy", "bn_recompute_mask", "bn_partial_sums", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
         "step_ms_min", "step_ms_max", "dispatch_ms", "setup_s", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
@@ -290,6 +290,8 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "scan_unroll": config.model.scan_unroll if config.model.scan and not baseline else None,
         "remat": bool(config.model.remat) and not baseline,
         "remat_policy": config.model.remat_policy if config.model.remat and not baseline else None,
+        "bn_recompute_mask": bool(config.model.bn_recompute_mask) and not baseline,
+        "bn_partial_sums": bool(config.model.bn_partial_sums) and not baseline,
         "params": params,
         "macs_per_image": analysis["macs"],
         "input": ("float32" if baseline or not (pixels or rows) else "uint8+colour" if colour

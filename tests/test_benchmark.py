@@ -55,13 +55,15 @@ def check_result(r: dict, mode: str) -> None:
 
 
 def test_train_step_json_and_no_tensorflow():
-    also = "--config=experiments/cifar10_resnet110.py --config.model.depth=14 --config.batch_size=8 --steps=1 --eval"
+    also = ("--config=experiments/cifar10_resnet110.py --config.model.depth=14 --config.batch_size=8 --steps=1 --eval"
+            " --config.model.bn_partial_sums=True")
     p = run_cli(*TINY, "--peak_tflops=1.0", "--profile_steps=1", "--distinct_batches=2", f"--also={also}")
     assert p.returncode == 0, p.stderr
     r, second = json_lines(p.stdout)
     assert r["distinct_batches"] == 2 and second["distinct_batches"] == 1
     # The --also run: its own flags and overrides, in the same process (the device's peak is the process's).
     assert (second["depth"], second["mode"], second["steps"], second["warmup"]) == (14, "eval", 1, 2)
+    assert second["bn_partial_sums"] is True and r["bn_partial_sums"] is False and r["bn_recompute_mask"] is False
     assert second["xla_flags"] == r["xla_flags"] and second["peak_bytes_in_use"] is None and "profile" not in second
     check_result(r, "train")
     assert r["setup_s"] >= r["compile_s"]  # config to compiled step includes the compile
@@ -290,6 +292,8 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
                   xla_flags="--xla_gpu_enable_command_buffer=WHILE"),
              dict(base, model="cifar110", batch=128, scan=False, input="rows+augment"),
              dict(base, model="cifar110", batch=128, scan=False, input="rows+augment", distinct_batches=2),
+             dict(base, model="cifar110", batch=128, scan=False, input="rows+augment", bn_partial_sums=True),
+             dict(base, input="uint8+colour", bn_recompute_mask=True),
              dict(base, model="cifar164", batch=128, input="rows+augment", peak_bytes_in_use=None,
                   compiled_peak_bytes=2**31),  # an --also run: XLA's allocation stands in
              {"peer": "torch-eager", "model": "in50", "batch": 256, "img_s": 5000.0},
@@ -305,6 +309,7 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
         "ours (uint8+colour input) +remat(conv)",
         "ours (rows+augment input) +unroll10 +enable_command_buffer",
         "ours-unrolled (rows+augment input)", "ours-unrolled (rows+augment input) +2 batches",
+        "ours-unrolled (rows+augment input) +BN partial sums", "ours (uint8+colour input) +BN mask recomputed",
         "ours (rows+augment input)", "torch-eager"])
     assert [r["model"] for r in compiled] == ["cifar1001"] and len(missing) == 1
     table = chart.markdown(rows, missing, compiled)
