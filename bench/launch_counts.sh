@@ -2,7 +2,7 @@
 # Launches per training step on an H200, counted on this CPU machine (bench/gpu_launches.py; its
 # docstring has the one-time set-up of /tmp/gpuenv): the goal models as configured, the levers, and
 # the plain Flax baseline. One JSON line each to $OUT (default bench/launch_counts.jsonl), tagged with
-# the commit. About 10 minutes on 2 cores.
+# the commit. About 12 minutes on 2 cores.
 #   PYTHON=/tmp/gpuenv/bin/python bash bench/launch_counts.sh
 set -u
 cd "$(dirname "$0")/.." || exit 1
