@@ -15,8 +15,9 @@ CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; prin
 #    not XLA's default "LHS" order, which serialises them): the backward's weight-gradient
 #    convolutions are off the critical path. Reported elsewhere to cost ~2x peak memory (0.7-2 GiB here).
 CONC="--config.xla_flags=$CIFAR_FLAGS --xla_gpu_command_buffer_scheduling_mode=CONCURRENT"  # quoted in --also=
-ours 150 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$CONC" \
-  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 '$CONC'"
+ours 200 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$CONC" \
+  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 '$CONC'" \
+  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 '$CONC'"
 #    Then ResNet-110 fed two batches in turn (--distinct_batches=2), as training feeds a new one each
 #    step: what updating the CUDA graphs' input addresses costs a call, with and without BN partial sums.
 ours 120 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --distinct_batches=2 \
