@@ -13,7 +13,7 @@ CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; prin
 # 1. With command buffers the CIFAR steps are GPU-bound at 6-8 us a kernel (2026-11-27), 7-8% short
 #    of the ResNet-110/164 goals. CUDA graphs whose independent commands may run concurrently (a DAG,
 #    not XLA's default "LHS" order, which serialises them): the backward's weight-gradient
-#    convolutions are off the critical path. Reported elsewhere to cost ~2x peak memory (0.7-2 GiB here).
+#    convolutions are off the critical path. Reported elsewhere to cost ~2x peak memory (0.7-5 GiB here).
 CONC="--config.xla_flags=$CIFAR_FLAGS --xla_gpu_command_buffer_scheduling_mode=CONCURRENT"  # quoted in --also=
 ours 200 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$CONC" \
   "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 '$CONC'" \
