@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by launch/local.sh and launch/tpu_vm.sh (not run on its own): command lines printed by
 # --dry-run and sent over ssh. slurm_gpu.sbatch keeps its own copy: SLURM runs a spooled copy of
 # the batch script, from where this file cannot be found.
