@@ -89,9 +89,9 @@ def default() -> ml_collections.ConfigDict:
     m.bn_recompute_mask = False
     # BN's forward sums each channel in one kernel of 16-32 partial sums, which the kernel computing
     # the per-channel factors adds up, instead of XLA's two reduction kernels: XLA's count for an
-    # H200 says 11% fewer kernels for ResNet-110 (1,295 -> 1,150) and 9% for ResNet-164, the bound of
-    # the CIFAR steps there. But the first pass then runs on 16-32 thread blocks where XLA uses
-    # 128-256, so it can be slower per kernel: off until a GPU has timed it (BENCHMARKS.md).
+    # H200 says 11% fewer kernels for ResNet-110 (1,295 -> 1,150) and 9% for ResNet-164, whose steps
+    # are kernel-bound there. The kernels removed are small ones, and the first pass then runs on
+    # 16-32 thread blocks where XLA uses 128-256: off until a GPU has timed it (BENCHMARKS.md).
     m.bn_partial_sums = False
     m.zero_init_last = False  # zero-init each unit's last layer (timm option; not the paper's)
 
