@@ -399,8 +399,9 @@ def format_result(r: dict) -> str:
     prof = r.get("profile")
     if prof and prof.get("busy_ms") is not None:
         cats = ", ".join(f"{k} {v['ms']:.2f} ms ({v['count']:g})" for k, v in prof["by_category"].items())
+        durations = ", ".join(f"{k} {v['ms']:.2f} ms ({v['count']:g})" for k, v in prof["by_duration"].items())
         prof = (f"\n  device, per step: busy {prof['busy_ms']:.2f} ms, idle {prof['idle_ms']:.2f} ms, "
-                f"{prof['kernels_per_step']:g} kernels: {cats}")
+                f"{prof['kernels_per_step']:g} kernels: {cats}\n  kernels by duration: {durations}")
     elif prof and "error" in prof:
         prof = f"\n  profile failed: {prof['error']}"
     elif prof:

@@ -32,6 +32,20 @@ CATEGORIES = (
 )
 
 
+# Kernel durations, microseconds: upper bounds of the histogram's bins (the last is open). Whether the
+# step's time sits in a few long kernels or thousands of ~2 us ones says what removing kernels is worth.
+DURATION_BINS_US = (3, 10, 30)
+
+
+def duration_bin(us: float) -> str:
+    lo = 0
+    for hi in DURATION_BINS_US:
+        if us < hi:
+            return f"{lo}-{hi}us"
+        lo = hi
+    return f">={lo}us"
+
+
 def category(event: dict) -> str:
     text = " ".join([event.get("name", "")] + [str(v) for v in (event.get("args") or {}).values()]).lower()
     for cat, needles in CATEGORIES:
@@ -64,7 +78,8 @@ def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
     """Per-step device time of a trace covering `steps` steps (milliseconds, counts per step).
 
     `busy_ms`: time at least one kernel ran (overlaps counted once); `span_ms`: first kernel start to
-    last kernel end; `idle_ms` = span - busy, the gaps; `kernel_ms`: the kernels' summed durations.
+    last kernel end; `idle_ms` = span - busy, the gaps; `kernel_ms`: the kernels' summed durations;
+    `by_duration`: the kernels by how long each ran (`DURATION_BINS_US`).
     """
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     processes = {e["pid"]: str((e.get("args") or {}).get("name", "")) for e in events
@@ -89,8 +104,9 @@ def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
     spans = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kernels]
     busy, span = _union_us(spans), max(b for _, b in spans) - min(a for a, _ in spans)
     by_cat, by_name = collections.defaultdict(lambda: [0.0, 0]), collections.defaultdict(lambda: [0.0, 0])
+    by_dur = {duration_bin(lo): [0.0, 0] for lo in (0,) + DURATION_BINS_US}
     for e in kernels:
-        for table, key in ((by_cat, category(e)), (by_name, e["name"])):
+        for table, key in ((by_cat, category(e)), (by_name, e["name"]), (by_dur, duration_bin(float(e["dur"])))):
             table[key][0] += float(e["dur"])
             table[key][1] += 1
     per = 1e3 * steps  # microseconds over all steps -> milliseconds per step
@@ -102,6 +118,7 @@ def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
         "kernel_ms": round(sum(float(e["dur"]) for e in kernels) / per, 3),
         "by_category": {k: {"ms": round(v[0] / per, 3), "count": round(v[1] / steps, 1)}
                         for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1][0])},
+        "by_duration": {k: {"ms": round(v[0] / per, 3), "count": round(v[1] / steps, 1)} for k, v in by_dur.items()},
         "top": [{"name": k[:120], "ms": round(v[0] / per, 3), "count": round(v[1] / steps, 1)}
                 for k, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]],
     })

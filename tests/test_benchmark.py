@@ -413,6 +413,18 @@ def test_trace_summary_per_step_device_time_of_a_known_trace():
         "convolution": 1.0, "reduction": 0.5, "fusion": 0.5, "copy": 0.5, "other": 0.5}
     assert s["by_category"]["convolution"]["ms"] == pytest.approx(0.4)
     assert s["top"][0] == {"name": "sm90_xmma_fprop_implicit_gemm", "ms": 0.4, "count": 1.0}
+    assert s["by_duration"] == {  # 400, 300, 400 us; 100, 100; 50 (two steps)
+        "0-3us": {"ms": 0.0, "count": 0.0}, "3-10us": {"ms": 0.0, "count": 0.0},
+        "10-30us": {"ms": 0.0, "count": 0.0}, ">=30us": {"ms": 0.675, "count": 3.0}}
+    line = dict(dict.fromkeys(benchmark.KEYS, 1.0), impl="ours", mode="train", model="cifar8", experiment="x",
+                dtype="bfloat16", scan=False, device_kind="NVIDIA H200", jax_version="0", profile=s)
+    assert ("3 kernels: convolution 0.40 ms (1), reduction 0.15 ms (0.5)" in benchmark.format_result(line)
+            and "kernels by duration: 0-3us 0.00 ms (0), 3-10us 0.00 ms (0), 10-30us 0.00 ms (0), >=30us 0.68 ms (3)"
+            in benchmark.format_result(line))
+    tiny = [meta(7, "/device:GPU:0"), thread(7, 1, "Stream #1")] + [
+        x(7, 1, "fusion", 10 * i, d) for i, d in enumerate((1.5, 2.9, 3.0, 9.9, 10, 29.9, 30, 250))]
+    assert {k: v["count"] for k, v in trace_summary.summarize({"traceEvents": tiny}, steps=1)["by_duration"].items()} == {
+        "0-3us": 2.0, "3-10us": 2.0, "10-30us": 2.0, ">=30us": 2.0}
     assert trace_summary.summarize({"traceEvents": events[:2] + events[6:7]}, steps=2) == {
         "steps": 2, "device_events": 0, "processes": ["/device:GPU:0", "/host:CPU"], "device_threads": []}
     # A device process whose threads are not named as streams: all of them count.
