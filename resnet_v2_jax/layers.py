@@ -176,6 +176,55 @@ def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, partial_sums, res, cotan
 _bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
 
 
+def _pool_windows(x, window: int, stride: int, padding: int):
+    """The window*window strided views of -inf-padded NHWC x, in the window's row-major order."""
+    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
+    n, hp, wp, c = xp.shape
+    ho, wo = (hp - window) // stride + 1, (wp - window) // stride + 1
+    return [jax.lax.slice(xp, (0, a, b, 0), (n, a + stride * (ho - 1) + 1, b + stride * (wo - 1) + 1, c),
+                          (1, stride, stride, 1)) for a in range(window) for b in range(window)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def max_pool(x, window: int, stride: int, padding: int):
+    """Square max pooling of NHWC x (the ImageNet stem's 3x3, stride 2, padding 1), with a cheaper gradient.
+
+    XLA's gradient of a max pool is select-and-scatter, which its GPU compiler turns into an arg-max
+    pass writing int32 window coordinates, a scatter and a slice: 4.2 GB of the 89 GB a ResNet-50
+    step at batch 256 moves, in its count for an H200. Here the forward keeps, as int8, which element
+    of each window is the first maximum, and the gradient is one elementwise pass: 3.2 GB less, and
+    0.45 GiB less memory. Same values, and the same element gets the gradient when several tie
+    (the first in row-major window order, as select-and-scatter's `>=`): tests compare with
+    `jax.grad` of `nn.max_pool` exactly, ties included."""
+    return functools.reduce(jnp.maximum, _pool_windows(x, window, stride, padding))
+
+
+def _max_pool_fwd(x, window, stride, padding):
+    views = _pool_windows(x, window, stride, padding)
+    y = functools.reduce(jnp.maximum, views)
+    first = jnp.full(y.shape, len(views), jnp.int8)
+    for k in reversed(range(len(views))):
+        first = jnp.where(views[k] == y, jnp.int8(k), first)
+    return y, (first, x.shape)
+
+
+def _max_pool_bwd(window, stride, padding, res, g):
+    first, (n, h, w, c) = res
+    hp, wp = h + 2 * padding, w + 2 * padding
+    ho, wo = g.shape[1], g.shape[2]
+    dxp = jnp.zeros((n, hp, wp, c), jnp.float32)
+    for k in range(window * window):  # each window element's share, strided back onto the padded grid
+        a, b = divmod(k, window)
+        part = jnp.where(first == k, g.astype(jnp.float32), 0.0)
+        dxp = dxp + jax.lax.pad(part, jnp.float32(0), (
+            (0, 0, 0), (a, hp - a - stride * (ho - 1) - 1, stride - 1), (b, wp - b - stride * (wo - 1) - 1, stride - 1),
+            (0, 0, 0)))
+    return (dxp[:, padding:padding + h, padding:padding + w].astype(g.dtype),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
 class BatchNorm(nn.Module):
     """BN with gamma 1, beta 0, epsilon 1e-5 and running-average momentum 0.9 (Torch's 0.1).
 

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from resnet_v2_jax import config as config_lib
-from resnet_v2_jax.layers import BatchNorm, conv_init, dense_init, scan_friendly_conv
+from resnet_v2_jax.layers import BatchNorm, conv_init, dense_init, max_pool, scan_friendly_conv
 from resnet_v2_jax.units import ORDERS, ResidualUnit, apply_ops
 
 REMAT_POLICIES = {
@@ -82,7 +82,7 @@ class ResNet(nn.Module):
             x = conv(base, (7, 7), strides=2, padding=[(3, 3)] * 2, name="conv1")(x)
         x = apply_ops(order.end + order.post, x, norm, name="conv1_bn")  # conv1 as a unit's last conv
         if self.family == "imagenet":
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1)] * 2)
+            x = max_pool(x, 3, 2, 1)
 
         unit_cls = ResidualUnit
         if self.remat:

@@ -1,8 +1,10 @@
-"""layers.BatchNorm's training path: a hand-written gradient, checked against autodiff of the textbook
-formula, and the residuals it saves (what makes it worth having: fewer saved tensors, fewer kernels)."""
+"""layers.BatchNorm's training path and layers.max_pool: hand-written gradients, checked against
+autodiff (of the textbook formula; of nn.max_pool), and the residuals they save (what makes them
+worth having: fewer saved tensors, fewer kernels, fewer bytes)."""
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,3 +152,37 @@ def test_batchnorm_module_fuses_relu_and_keeps_running_statistics():
     e1 = layers.BatchNorm(True, relu=True).apply(trained, x)
     e2 = layers.BatchNorm(True).apply(trained, x)
     np.testing.assert_array_equal(np.asarray(e1), np.asarray(jax.nn.relu(e2)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 112, 112, 8), (3, 7, 7, 4), (2, 8, 9, 3)])
+def test_max_pool_is_nn_max_pool_and_its_gradient_exactly_ties_included(shape, dtype):
+    """The ImageNet stem's pool follows BN-ReLU, so windows of equal values (zeros) are common: the
+    gradient must go to the same element as jax.grad of nn.max_pool gives it (the first maximum)."""
+    def reference(x):
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1)] * 2)
+
+    def ours(x):
+        return layers.max_pool(x, 3, 2, 1)
+
+    x = jax.nn.relu(jax.random.normal(jax.random.PRNGKey(0), shape))
+    x = x.at[:, ::3].set(1.0).astype(dtype)  # ties at a nonzero value too
+    y, pullback = jax.vjp(ours, x)
+    y_ref, pullback_ref = jax.vjp(reference, x)
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
+    g = jax.random.randint(jax.random.PRNGKey(1), y.shape, -4, 5).astype(dtype)  # small integers: exact sums
+    (dx,), (dx_ref,) = pullback(g), pullback_ref(g)
+    assert dx.dtype == dtype
+    np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(dx_ref, np.float32))
+    assert float(jnp.abs(dx_ref.astype(jnp.float32)).sum()) > 0
+
+
+def test_max_pool_gradient_saves_an_int8_window_index_and_scatters_nothing(capsys):
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 4), jnp.bfloat16)
+    grad = jax.grad(lambda x: layers.max_pool(x, 3, 2, 1).astype(jnp.float32).sum())
+    assert "select_and_scatter" not in str(jax.make_jaxpr(grad)(x))
+    assert "select_and_scatter" in str(jax.make_jaxpr(jax.grad(
+        lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1)] * 2).astype(jnp.float32).sum()))(x))
+    residuals = saved(lambda x: layers.max_pool(x, 3, 2, 1).astype(jnp.float32).sum(), x, capsys=capsys)
+    assert len(residuals) == 1 and "i8[2,4,4,4]" in residuals[0], residuals  # 1 byte an output
