@@ -27,11 +27,11 @@ ours 120 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --ste
 ours 90  --config=experiments/cifar1001_b128.py --config.batch_size=128 --steps=10 --warmup=2
 ours 120 --config=experiments/imagenet_resnet200.py --config.batch_size=128 --steps=10 --warmup=2
 # 3. ResNet-50 (GPU-bound, 7,043 img/s against 9,000): its kernels' time (profile), the backward
-#    recomputing BN-ReLU's masks (82.6 instead of 89.2 GB a step in XLA's count), XLA's experimental
+#    recomputing BN-ReLU's masks (79.4 instead of 85.9 GB a step in XLA's count), XLA's experimental
 #    cuDNN fusions of convolutions with their elementwise neighbours (fewer passes over the
 #    activations), the latency-hiding scheduler, the step without the on-device colour jitter
 #    (input "uint8": normalisation only, the closest match to the peers' float batches), and BN
-#    partial sums (26 fewer kernels of 890, the same bytes, in XLA's count).
+#    partial sums (26 fewer kernels of 888, the same bytes, in XLA's count).
 ours 150 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --profile_steps=3 \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_recompute_mask=True" \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.augment=False" \

@@ -83,8 +83,8 @@ def default() -> ml_collections.ConfigDict:
     m.remat = False
     m.remat_policy = "conv"
     # BN-ReLU's backward recomputes its ReLU mask from the saved input instead of letting XLA store the
-    # forward's: XLA's count for an H200 says ResNet-50 at batch 256 then moves 82.6 instead of 89.2 GB
-    # a step and allocates 9.3 instead of 11.5 GiB, for 98 more kernels (BENCHMARKS.md). A lever for
+    # forward's: XLA's count for an H200 says ResNet-50 at batch 256 then moves 79.4 instead of 85.9 GB
+    # a step and allocates 9.0 instead of 11.0 GiB, for 98 more kernels (BENCHMARKS.md). A lever for
     # steps bound by memory traffic (ImageNet), not by kernel count (CIFAR); not yet timed on a GPU.
     m.bn_recompute_mask = False
     # BN's forward sums each channel in one kernel of 16-32 partial sums, which the kernel computing

@@ -190,8 +190,8 @@ def max_pool(x, window: int, stride: int, padding: int):
     """Square max pooling of NHWC x (the ImageNet stem's 3x3, stride 2, padding 1), with a cheaper gradient.
 
     XLA's gradient of a max pool is select-and-scatter, which its GPU compiler turns into an arg-max
-    pass writing int32 window coordinates, a scatter and a slice: 4.2 GB of the 89 GB a ResNet-50
-    step at batch 256 moves, in its count for an H200. Here the forward keeps, as int8, which element
+    pass writing int32 window coordinates, a scatter and a slice: 4.2 GB of the 89.2 GB a ResNet-50
+    step at batch 256 moved with it, in XLA's count for an H200. Here the forward keeps, as int8, which element
     of each window is the first maximum, and the gradient is one elementwise pass: 3.2 GB less, and
     0.45 GiB less memory. Same values, and the same element gets the gradient when several tie
     (the first in row-major window order, as select-and-scatter's `>=`): tests compare with
