@@ -525,7 +525,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | 
     flags.DEFINE_bool("compile_only", False, "Compile and report compile_s and XLA's compiled_peak_bytes; "
                       "run no step (memory fit without the device's time).", flag_values=fv)
     flags.DEFINE_integer("profile_steps", 0, "After timing, trace this many more steps with JAX's profiler and "
-                         "add a `profile` summary (device busy/idle ms, kernels per step, top kernels).",
+                         "add a `profile` summary (device busy/idle ms, kernels per step, time by kind and by "
+                         "kernel duration, top kernels).",
                          flag_values=fv)
     flags.DEFINE_enum("timing", "step", ["step", "loop"], "step: block each step, median; loop: one block.",
                       flag_values=fv)

@@ -24,9 +24,9 @@ class CheckpointMismatch(ValueError):
     """The workdir's checkpoints belong to a different model or dataset."""
 
 
-# How the step is compiled, not what it computes: the parameter layout and the numbers are the same
-# under each (tests/test_networks.py), so a checkpoint resumes under any of them, e.g. unrolled on a
-# GPU after a scanned start on a CPU.
+# How the step is compiled, not what it computes: the parameter layout is the same under each and the
+# numbers agree to float rounding (tests/test_networks.py, tests/test_layers.py), so a checkpoint
+# resumes under any of them, e.g. unrolled on a GPU after a scanned start on a CPU.
 COMPILE_ONLY_FIELDS = ("scan", "scan_unroll", "remat", "remat_policy", "bn_recompute_mask", "bn_partial_sums")
 
 
