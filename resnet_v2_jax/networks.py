@@ -67,10 +67,9 @@ class ResNet(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool = True):
         order = ORDERS[self.unit]
-        norm = functools.partial(
-            BatchNorm, use_running_average=not train, group_size=self.bn_group_size, dtype=self.dtype,
-            recompute_mask=self.bn_recompute_mask, partial_sums=self.bn_partial_sums,
-        )
+        bn = functools.partial(BatchNorm, group_size=self.bn_group_size, recompute_mask=self.bn_recompute_mask,
+                               partial_sums=self.bn_partial_sums)
+        norm = functools.partial(bn, use_running_average=not train, dtype=self.dtype)
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
                                  conv_general_dilated=scan_friendly_conv)
         base = max(1, int(round((16 if self.family == "cifar" else 64) * self.width)))
@@ -91,8 +90,7 @@ class ResNet(nn.Module):
             block=self.block, unit=self.unit, shortcut=self.shortcut, shortcut_scale=self.shortcut_scale,
             scale_residual=self.scale_residual, gate_bias_init=self.gate_bias_init,
             shortcut_dropout=self.shortcut_dropout, stride_on=self.stride_on,
-            zero_init_last=self.zero_init_last, train=train, bn_group_size=self.bn_group_size,
-            bn_recompute_mask=self.bn_recompute_mask, bn_partial_sums=self.bn_partial_sums, dtype=self.dtype,
+            zero_init_last=self.zero_init_last, train=train, norm=bn, dtype=self.dtype,
         )
         project_all = self.shortcut_type == "C" or self.shortcut == "conv1x1"
         for i, n in enumerate(self.stage_sizes):

@@ -99,9 +99,9 @@ class ResidualUnit(nn.Module):
     stride_on: str = "3x3"
     zero_init_last: bool = False
     train: bool = True
-    bn_group_size: int = 0
-    bn_recompute_mask: bool = False
-    bn_partial_sums: bool = False
+    # The network's BN with its options (group size, the kernel levers) bound; the unit adds the
+    # mode and dtype. One factory, so a new BN option is one field of `ResNet`, not one per module.
+    norm: Callable[..., nn.Module] = BatchNorm
     dtype: Any = jnp.float32
 
     @nn.compact
@@ -109,10 +109,7 @@ class ResidualUnit(nn.Module):
         order = ORDERS[self.unit]
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
                                  conv_general_dilated=scan_friendly_conv)
-        norm = functools.partial(
-            BatchNorm, use_running_average=not self.train, group_size=self.bn_group_size, dtype=self.dtype,
-            recompute_mask=self.bn_recompute_mask, partial_sums=self.bn_partial_sums,
-        )
+        norm = functools.partial(self.norm, use_running_average=not self.train, dtype=self.dtype)
 
         preact = apply_ops(order.pre, x, norm)
         shortcut_in = preact if self.transition else x
