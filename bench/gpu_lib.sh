@@ -10,7 +10,8 @@ export PYTHONUNBUFFERED=1
 if ! python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl; then
   echo "wheel install failed" >&2; exit 1
 fi
-export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+# The repository too: the GPU image does not install it, and `python3 bench/X.py` puts only bench/ on the path.
+export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-}
 PEAK=${PEAK_TFLOPS:-989}  # H100/H200 SXM dense bf16 peak, spec sheet; the matmul seen here ran ~790
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())" | tee -a "$OUT/gpu.txt"
