@@ -28,7 +28,9 @@ XLA flags come from the config (`config.xla_flags`, set before JAX starts, as tr
 command buffers for the CIFAR family), so the benchmark times the step that training runs; the
 baseline in the same process gets them too. `--config.xla_flags=` times XLA's defaults, and e.g.
 `--config.xla_flags=--xla_gpu_enable_latency_hiding_scheduler=true` tries another flag. Each line
-records the XLA_FLAGS it ran with (`xla_flags`).
+records the XLA_FLAGS it ran with (`xla_flags`). A process that profiles (`--profile_steps`, here or
+in an --also run) also gets `PROFILE_XLA_FLAGS`: while a profiler is on, XLA otherwise runs each CUDA
+graph's commands one by one from the host, and the profiled steps would not be the timed ones.
 
 `--also='--config=... [flags]'` (repeatable) times more configurations in the same process, one after
 the other, each parsed like its own command line before anything compiles. They share the start-up
@@ -356,6 +358,12 @@ def run(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, ba
     return dict(out, profile=profile(runner, profile_steps)) if profile_steps else out
 
 
+# XLA's GPU runtime leaves its command buffers (CUDA graphs) while a profiler is active unless this is set
+# (CommandBufferThunk, `xla_enable_command_buffers_during_profiling`, default false); it changes nothing
+# while no profiler runs, so a process that profiles sets it for all its runs.
+PROFILE_XLA_FLAGS = "--xla_enable_command_buffers_during_profiling=true"
+
+
 def profile(runner: Runner, steps: int) -> dict:
     """`trace_summary.summarize` of `steps` back-to-back calls traced by JAX's profiler, or
     {"error": ...}: the profile is an extra, and a profiler or trace format this code has not met
@@ -456,7 +464,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     f = flags.FLAGS
     try:
-        xla_flags = step_lib.apply_xla_flags(f.config.xla_flags)  # before anything starts JAX's backends
+        config_lib.validate_xla_flags(f.config.xla_flags)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -464,7 +472,9 @@ def main(argv):
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
-    runs = [f] + _also_runs(f)
+    runs = [f] + _also_runs(f)  # parsing configs starts no backend: the flags below still apply
+    profiling = any(fv.profile_steps for fv in runs)
+    xla_flags = step_lib.apply_xla_flags(" ".join([PROFILE_XLA_FLAGS] * profiling + [f.config.xla_flags]))
     cache = step_lib.use_compilation_cache(f.compilation_cache_dir)
     rc = 0
     for i, fv in enumerate(runs):

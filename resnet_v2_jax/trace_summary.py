@@ -11,7 +11,9 @@ Kernels are the complete ("X") events on the stream threads ("Stream #...") of e
 name starts with "/device:" (one per GPU). The same process also holds summary rows ("XLA Modules",
 "XLA Ops", "Steps") that span or repeat the kernels, so they are left out; a device process with no
 stream thread counts all its threads. On a CPU there is no device process: the summary then says so
-(`device_events` 0) and holds no timings.
+(`device_events` 0) and holds no timings. These names have not yet been seen here on a GPU; a public
+report of JAX GPU traces (marin-community/marin issue 3345, 2026) names the processes "/device:GPU:0"
+to "/device:GPU:7" and the kernels' threads "Stream #118(MemcpyD2H,MemcpyD2D,Compute,Memset)".
 """
 
 from __future__ import annotations
