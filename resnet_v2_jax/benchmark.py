@@ -45,6 +45,7 @@ import datetime
 import gc
 import importlib.util
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -360,8 +361,10 @@ def run(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, ba
 
 # XLA's GPU runtime leaves its command buffers (CUDA graphs) while a profiler is active unless this is set
 # (CommandBufferThunk, `xla_enable_command_buffers_during_profiling`, default false); it changes nothing
-# while no profiler runs, so a process that profiles sets it for all its runs.
-PROFILE_XLA_FLAGS = "--xla_enable_command_buffers_during_profiling=true"
+# while no profiler runs, so a process that profiles sets it for all its runs. XLA aborts on a flag it
+# does not know, so $RESNET_V2_PROFILE_XLA_FLAGS (empty: none) replaces it for an XLA without this one.
+PROFILE_XLA_FLAGS = os.environ.get("RESNET_V2_PROFILE_XLA_FLAGS",
+                                   "--xla_enable_command_buffers_during_profiling=true")
 
 
 def profile(runner: Runner, steps: int) -> dict:
@@ -474,7 +477,7 @@ def main(argv):
         sys.exit(2)
     runs = [f] + _also_runs(f)  # parsing configs starts no backend: the flags below still apply
     profiling = any(fv.profile_steps for fv in runs)
-    xla_flags = step_lib.apply_xla_flags(" ".join([PROFILE_XLA_FLAGS] * profiling + [f.config.xla_flags]))
+    xla_flags = step_lib.apply_xla_flags(" ".join([PROFILE_XLA_FLAGS] * profiling + [f.config.xla_flags]).strip())
     cache = step_lib.use_compilation_cache(f.compilation_cache_dir)
     rc = 0
     for i, fv in enumerate(runs):

@@ -479,6 +479,18 @@ def test_a_run_that_fails_on_the_device_is_one_line_and_the_next_run_goes_on():
     assert benchmark.PROFILE_XLA_FLAGS not in (r["xla_flags"] or "")  # set only where a run profiles
 
 
+def test_an_xla_without_the_profiling_flag_profiles_without_it():
+    """bench/gpu_lib.sh sets $RESNET_V2_PROFILE_XLA_FLAGS empty where the GPU's XLA does not know
+    the flag (XLA would abort the process): the run then profiles with the config's flags alone."""
+    env = dict(os.environ, RESNET_V2_PROFILE_XLA_FLAGS="")
+    p = subprocess.run([sys.executable, "-m", "resnet_v2_jax.benchmark", *TINY, "--steps=1", "--warmup=0",
+                        "--profile_steps=1"], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr
+    (r,) = json_lines(p.stdout)
+    ran = r["xla_flags"].split()
+    assert config_lib.CIFAR_XLA_FLAGS in ran and not any("during_profiling" in f for f in ran) and "profile" in r
+
+
 def test_distinct_batches_are_the_batch_rolled_into_buffers_of_their_own():
     """What --distinct_batches feeds in turn: same shapes, dtypes and shardings, other contents and
     other device buffers (a graph replayed with new input addresses, as in training)."""
