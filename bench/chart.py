@@ -47,7 +47,10 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
                 impl += " +XLA GPU flags"
             elif r.get("xla_flags"):
                 # the flags' names: their values are in the line's xla_flags (BENCHMARKS.md lists them)
-                impl += " +" + " +".join(f.split("=")[0].replace("--xla_gpu_", "") for f in r["xla_flags"].split())
+                # (not the profiling one the benchmark adds: it changes nothing outside the profile)
+                named = [f.split("=")[0].replace("--xla_gpu_", "") for f in r["xla_flags"].split()
+                         if "during_profiling" not in f]
+                impl += "".join(" +" + n for n in named)
             if r.get("remat"):
                 impl += f" +remat({r.get('remat_policy')})"
             if r.get("bn_recompute_mask"):

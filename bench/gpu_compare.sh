@@ -23,17 +23,18 @@ source "$(dirname "$0")/gpu_lib.sh"
 #    model.bn_partial_sums (BN's forward sums in one kernel instead of two: XLA counts 11% fewer
 #    kernels for ResNet-110, 9% for ResNet-164 and 4% for ResNet-1001, the bound of these steps;
 #    not yet timed).
-ours 300 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --profile_steps=5 \
-  "--also=--config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --profile_steps=5 --config.model.bn_partial_sums=True" \
-  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3" \
-  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.bn_partial_sums=True" \
-  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --profile_steps=3" \
-  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.bn_partial_sums=True"
+cifar=(--config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --profile_steps=5
+  "--also=--config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --profile_steps=5 --config.model.bn_partial_sums=True"
+  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3"
+  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.bn_partial_sums=True"
+  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --profile_steps=3"
+  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.bn_partial_sums=True")
+ours 300 "${cifar[@]}"
 if ! grep -q images_per_second "$OUT/ours.jsonl"; then
   # No line at all: ours cannot run here, or the process died while profiling ResNet-110's first run
-  # (the tracer inside CUDA graphs has not run on a GPU here yet). Once more without the profile.
-  echo "no line from the first process; ResNet-110 once more, without --profile_steps" | tee -a "$OUT/log.txt"
-  ours 120 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3
+  # (the tracer inside CUDA graphs has not run on a GPU here yet). The same runs once more, unprofiled.
+  echo "no line from the first process; its runs once more, without profiles" | tee -a "$OUT/log.txt"
+  ours 300 "${cifar[@]//--profile_steps=[1-9]/--profile_steps=0}"
 fi
 if ! grep -q images_per_second "$OUT/ours.jsonl"; then  # ours cannot run here: stop, keep the device time
   echo "ours failed on the first model; log tail:"; tail -40 "$OUT/log.txt"; exit 3

@@ -290,8 +290,8 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
             "device_kind": "NVIDIA H200"}
     lines = [dict(base, input="uint8+colour"), dict(base, input="uint8+colour", xla_gpu_perf_flags=True),
              dict(base, input="uint8+colour", remat=True, remat_policy="conv"),
-             dict(base, model="cifar1001", batch=64, input="rows+augment", scan_unroll=10,
-                  xla_flags="--xla_gpu_enable_command_buffer=WHILE"),
+             dict(base, model="cifar1001", batch=64, input="rows+augment", scan_unroll=10,  # profiled: same label
+                  xla_flags=f"{benchmark.PROFILE_XLA_FLAGS} --xla_gpu_enable_command_buffer=WHILE"),
              dict(base, model="cifar110", batch=128, scan=False, input="rows+augment"),
              dict(base, model="cifar110", batch=128, scan=False, input="rows+augment", distinct_batches=2),
              dict(base, model="cifar110", batch=128, scan=False, input="rows+augment", bn_partial_sums=True),
