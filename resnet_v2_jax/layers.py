@@ -103,8 +103,7 @@ def _partial_sums(a, b, axes):
     if p == 1:
         return _group_sums(a, b, axes)
     split = (a.shape[0], p, rows // p, a.shape[-1])
-    sa, sb = jax.lax.reduce((a.reshape(split), b.reshape(split)), (jnp.float32(0), jnp.float32(0)),
-                            lambda x, y: (x[0] + y[0], x[1] + y[1]), (2,))
+    sa, sb = _group_sums(a.reshape(split), b.reshape(split), (2,))  # (G, p, 1, C)
     keep = (a.shape[0],) + (1,) * len(axes) + (a.shape[-1],)
     return sa.sum(1).reshape(keep), sb.sum(1).reshape(keep)
 
