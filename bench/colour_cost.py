@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-
-from resnet_v2_jax import augment
 
 BANDWIDTH_TB_S = {"H200": 4.8, "H100 SXM": 3.35}  # spec sheets (cited)
 
@@ -28,6 +28,8 @@ def cost(fn, *args) -> dict:
 
 
 def main() -> None:
+    from resnet_v2_jax import augment
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--size", type=int, default=224)
@@ -47,4 +49,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, where the package is not installed
     main()

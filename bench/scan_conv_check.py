@@ -10,15 +10,17 @@ the backend), so this check is for CPU only.
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import jax
 from absl import flags
 
-from resnet_v2_jax import benchmark, cli, networks, units
-
 
 def main(argv):
     del argv
+    from resnet_v2_jax import benchmark, networks, units
+
     f = flags.FLAGS
     networks.scan_friendly_conv = units.scan_friendly_conv = jax.lax.conv_general_dilated
     r = benchmark.run(f.config, steps=f.steps, warmup=f.warmup, timing=f.timing)
@@ -27,5 +29,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout, where the package is not installed
+    from resnet_v2_jax import benchmark, cli
+
     benchmark.define_flags()
     cli.run(main)

@@ -77,9 +77,17 @@ def final_test(workdir) -> dict:
 
 
 def load_state(workdir, step):
+    """The saved state on one device. The target names the sharding, so Orbax neither reads it
+    from the checkpoint nor warns that doing so is unsafe across topologies."""
+    import jax
     import orbax.checkpoint as ocp
 
-    return ocp.PyTreeCheckpointer().restore(str(Path(workdir) / "checkpoints" / str(step) / "state"))
+    path = (Path(workdir) / "checkpoints" / str(step) / "state").resolve()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.StandardCheckpointer() as checkpointer:
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              checkpointer.metadata(path).item_metadata)
+        return checkpointer.restore(path, target)
 
 
 def assert_same_params(a, b):
