@@ -20,14 +20,18 @@ Then, from the repository root:
     JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 PYTHONPATH=. /tmp/gpuenv/bin/python \
         bench/gpu_launches.py --config=experiments/cifar10_resnet164.py --config.batch_size=128 [--baseline]
 One JSON line: launches per step, the loops' trip counts and launches per iteration, launches by kind,
-and `compiled_peak_bytes`, what XLA's buffer assignment for the GPU allocates for one step.
-`count_launches` (the HLO reading) is tested in tests/test_benchmark.py on CPU-compiled steps.
+`compiled_peak_bytes`, what XLA's buffer assignment for the GPU allocates for one step, and
+`kernel_bytes`, what the launched kernels read and write in one step (by kind in `bytes_by_kind`):
+at the card's memory bandwidth, a floor on the step's GPU time that the kernel count does not give.
+`count_launches` and `kernel_bytes` (the HLO reading) are tested in tests/test_benchmark.py, on
+hand-written HLO and on CPU-compiled programs.
 """
 
 from __future__ import annotations
 
 import collections
 import json
+import math
 import re
 import sys
 import time
@@ -112,6 +116,117 @@ def count_launches(text: str) -> dict:
     return {"launches": count(entry, 1), "loops": loops, "by_kind": dict(kinds.most_common())}
 
 
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2, "f32": 4, "s32": 4, "u32": 4,
+                "f64": 8, "s64": 8, "u64": 8}
+_ARRAY = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
+_VIEWS = {"dynamic-slice", "slice", "bitcast", "reshape", "gather"}  # read at their result's size
+
+
+def _shape_bytes(shape: str) -> int:
+    """Bytes of every array in an HLO shape (a tuple's elements summed)."""
+    return sum(_DTYPE_BYTES[dt] * math.prod(int(d) for d in dims.split(",") if d)
+               for dt, dims in _ARRAY.findall(shape))
+
+
+def _parts(line: str) -> tuple[str, str, list[str]]:
+    """(name, result shape, operand names) of one HLO instruction line."""
+    name, rest = line.split(" = ", 1)
+    shape, call = rest.split(f" {re.match(_INSTRUCTION, line).group(2)}(", 1)
+    return name.strip().removeprefix("ROOT ").lstrip("%"), shape, re.findall(r"%([\w.\-]+)", call.split("), ")[0])
+
+
+def _fusion_traffic(body: list[tuple[str, str]]) -> tuple[dict[int, int], int | None]:
+    """What a fused computation reads of its parameters and writes as its result, where that is less
+    than the whole arrays: ({parameter: bytes}, result bytes or None for the whole result).
+
+    A parameter that reaches its uses only through views (dynamic-slice, slice, bitcast, reshape,
+    or the rows a gather takes) is read at the size of the views it is cut to; the buffer a dynamic-update-slice updates in place
+    is not read, and such a result writes only its updates. So a loop body that takes one unit's
+    tensors out of a stacked buffer, or stores them into one, counts that unit's bytes."""
+    shapes, params, users, root = {}, {}, collections.defaultdict(list), None
+    for op, line in body:
+        name, shape, operands = _parts(line)
+        shapes[name] = (op, _shape_bytes(shape), operands)
+        if op == "parameter":
+            params[name] = int(re.search(r"parameter\((\d+)\)", line).group(1))
+        if line.lstrip().startswith("ROOT"):
+            root = name
+        for i, operand in enumerate(operands):
+            users[operand].append((name, op, i))
+
+    def viewed(name: str) -> int | None:  # bytes read through views, or None: read whole
+        if not users[name] or name == root:
+            return None
+        total = 0
+        for user, op, i in users[name]:
+            if op == "dynamic-update-slice" and i == 0:
+                continue
+            if op not in _VIEWS or i != 0:
+                return None
+            inner = viewed(user)
+            total += shapes[user][1] if inner is None else min(shapes[user][1], inner)
+        return total
+
+    reads = {index: v for name, index in params.items() if (v := viewed(name)) is not None}
+    outputs = shapes[root][2] if root and shapes[root][0] == "tuple" else [root]
+    if not any(shapes[o][0] == "dynamic-update-slice" for o in outputs if o in shapes):
+        return reads, None
+    written = sum(shapes[shapes[o][2][1]][1] if shapes[o][0] == "dynamic-update-slice" else shapes[o][1]
+                  for o in outputs)
+    return reads, written
+
+
+def kernel_bytes(text: str) -> dict:
+    """Bytes the launched kernels of one call of the module read and write, loops times their trip
+    counts, in total and by kind (fusion kind, cuDNN call, copy): a floor on the step's GPU time at
+    the card's memory bandwidth, beside `count_launches`' kernels.
+
+    Each kernel counts its result and its operands once (an upper bound where a kernel reads an
+    operand partly, such as a convolution's padding; a lower one where it reads twice), a fusion's
+    views and in-place updates at their size (`_fusion_traffic`), a cuDNN call without its u8
+    workspace; command buffers count the kernels they hold. Only the operands' sizes are read, so an
+    operand defined outside the computation (a loop's parameters come through get-tuple-element)
+    counts at the shape its get-tuple-element names."""
+    computations, entry = parse_hlo(text)
+    by_kind: collections.Counter = collections.Counter()
+
+    def walk(name: str, times: int) -> None:
+        sizes = {}
+        for op, line in computations[name]:
+            result, shape, operands = _parts(line)
+            sizes[result] = _shape_bytes(shape)
+            if op in NO_LAUNCH or op.endswith("-done"):
+                continue
+            if op == "while":
+                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+                walk(_called(line, "body"), times * (int(trips.group(1)) if trips else 1))
+            elif op == "conditional":
+                continue  # a branch runs at most once a step here (the NaN guard's); not counted
+            elif op == "call":
+                walk(_called(line, "to_apply"), times)
+            else:
+                reads = [sizes.get(o, 0) for o in operands]
+                written = sizes[result]
+                kind = op
+                if op in ("fusion", "fusion-start"):
+                    partial, out = _fusion_traffic(computations.get(_called(line, "calls"), []))
+                    reads = [min(r, partial.get(i, r)) for i, r in enumerate(reads)]
+                    written = written if out is None else out
+                    kind = re.sub(r"[._0-9]+$", "", result) or op
+                elif op in ("dynamic-slice", "gather"):
+                    reads[0] = min(reads[0], written)
+                elif op == "dynamic-update-slice":
+                    reads[0], written = 0, reads[1]
+                elif op == "custom-call":
+                    target = re.search(r'custom_call_target="([^"]+)"', line)
+                    kind = f"custom-call {target.group(1)}" if target else op
+                    written = _shape_bytes(re.sub(r"u8\[[0-9,]*\]", "", shape))  # without the workspace
+                by_kind[kind] += times * (written + sum(reads))
+
+    walk(entry, 1)
+    return {"kernel_bytes": sum(by_kind.values()), "bytes_by_kind": dict(by_kind.most_common())}
+
+
 def main(argv):
     del argv
     import jax
@@ -142,7 +257,8 @@ def main(argv):
         "scan_unroll": config.model.scan_unroll if config.model.scan and not f.baseline else None,
         "target": topology.devices[0].device_kind, "jax_version": jax.__version__,
         "xla_flags": xla_flags, "compile_s": round(compile_s, 1),
-        "compiled_peak_bytes": benchmark.compiled_peak_bytes(compiled), **count_launches(text)}), flush=True)
+        "compiled_peak_bytes": benchmark.compiled_peak_bytes(compiled), **count_launches(text),
+        **kernel_bytes(text)}), flush=True)
 
 
 if __name__ == "__main__":

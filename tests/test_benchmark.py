@@ -221,6 +221,92 @@ def test_count_launches_reads_loops_command_buffers_and_kinds():
                               "fusion-done": 18, "command_buffer": 1, "copy": 1}
 
 
+
+BYTES_HLO = """HloModule m
+
+%slice_unit (s: f32[3,8], i: s32[]) -> f32[8] {
+  %s = f32[3,8] parameter(0)
+  %i = s32[] parameter(1)
+  %z = s32[] constant(0)
+  %ds = f32[1,8] dynamic-slice(%s, %i, %z), dynamic_slice_sizes={1,8}
+  %b = f32[8] bitcast(%ds)
+  ROOT %e = f32[8] exponential(%b)
+}
+
+%store_unit (buf: f32[3,8], x: f32[8], i: s32[]) -> f32[3,8] {
+  %buf = f32[3,8] parameter(0)
+  %x = f32[8] parameter(1)
+  %i = s32[] parameter(2)
+  %z = s32[] constant(0)
+  %n = f32[8] negate(%x)
+  %u = f32[1,8] bitcast(%n)
+  ROOT %d = f32[3,8] dynamic-update-slice(%buf, %u, %i, %z)
+}
+
+%whole (w: f32[8]) -> f32[8] {
+  %w = f32[8] parameter(0)
+  ROOT %r = f32[8] negate(%w)
+}
+
+%body (p: (s32[], f32[3,8], f32[3,8])) -> (s32[], f32[3,8], f32[3,8]) {
+  %p = (s32[], f32[3,8], f32[3,8]) parameter(0)
+  %i = s32[] get-tuple-element(%p), index=0
+  %stack = f32[3,8] get-tuple-element(%p), index=1
+  %out = f32[3,8] get-tuple-element(%p), index=2
+  %unit = f32[8] fusion(%stack, %i), kind=kLoop, calls=%slice_unit
+  %conv = (f32[8], u8[1000]) custom-call(%unit), custom_call_target="__cudnn$convForward"
+  %y = f32[8] get-tuple-element(%conv), index=0
+  %stored = f32[3,8] fusion(%out, %y, %i), kind=kLoop, calls=%store_unit
+  ROOT %t = (s32[], f32[3,8], f32[3,8]) tuple(%i, %stack, %stored)
+}
+
+%cond (q: (s32[], f32[3,8], f32[3,8])) -> pred[] {
+  %q = (s32[], f32[3,8], f32[3,8]) parameter(0)
+  ROOT %c = pred[] constant(true)
+}
+
+%command_buffer (r: f32[8]) -> f32[8] {
+  %r = f32[8] parameter(0)
+  ROOT %g = f32[8] fusion(%r), kind=kLoop, calls=%whole
+}
+
+ENTRY %main (a: f32[3,8], v: f32[8]) -> f32[8] {
+  %a = f32[3,8] parameter(0)
+  %v = f32[8] parameter(1)
+  %z = s32[] constant(0)
+  %t0 = (s32[], f32[3,8], f32[3,8]) tuple(%z, %a, %a)
+  %w = (s32[], f32[3,8], f32[3,8]) while(%t0), condition=%cond, body=%body, backend_config={"known_trip_count":{"n":"3"}}
+  %cb = f32[8] call(%v), to_apply=%command_buffer
+  ROOT %out = f32[8] copy(%cb)
+}
+"""
+
+
+def test_kernel_bytes_counts_views_in_place_updates_and_workspaces():
+    """3 iterations of: a fusion taking one f32[8] row of a stacked f32[3,8] (32 bytes read, not 96,
+    plus the s32 index; 32 written); a cuDNN call (32 read, 32 written, its u8 workspace not counted);
+    a fusion storing a row into a stacked buffer in place (the row's 32 read and 32 written, the
+    buffer not read). Then a command buffer's kernel and a copy, 64 bytes each."""
+    got = _gpu_launches().kernel_bytes(BYTES_HLO)
+    assert got["bytes_by_kind"] == {"unit": 3 * (32 + 4 + 32), "stored": 3 * (32 + 4 + 32),
+                                    "custom-call __cudnn$convForward": 3 * 64, "g": 64, "copy": 64}
+    assert got["kernel_bytes"] == 728
+
+
+def test_kernel_bytes_of_cpu_compiled_programs():
+    """On XLA's own programs: an elementwise function of 1,000 floats reads and writes 4,000 bytes;
+    a scan over 10 rows of a 10 x 1,000 array reads and writes each row once (XLA also zero-fills
+    the stacked result, 40,000 bytes), never the whole array per iteration (800,000 bytes)."""
+    import jax
+    import jax.numpy as jnp
+
+    g = _gpu_launches()
+    x, xs = jnp.zeros(1000), jnp.zeros((10, 1000))
+    assert g.kernel_bytes(jax.jit(lambda x: jnp.exp(x) + 1).lower(x).compile().as_text())["kernel_bytes"] == 8000
+    scan = jax.jit(lambda xs: jax.lax.scan(lambda c, x: (c + x.sum(), jnp.exp(x)), 0.0, xs))
+    got = g.kernel_bytes(scan.lower(xs).compile().as_text())["kernel_bytes"]
+    assert 10 * 8000 + 40_000 <= got < 4 * 10 * 8000
+
 def test_count_launches_sees_a_scanned_stage_run_once_per_unit():
     """On a CPU-compiled step: the scanned ResNet-20 (two scanned units a stage) has loops of trip count 2;
     unrolled it has none and launches fewer operations (no slicing of stacked parameters)."""
