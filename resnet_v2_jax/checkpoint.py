@@ -63,6 +63,7 @@ class Checkpointer:
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         self.last_requested: int | None = None  # the step of the newest save() call
+        self.restored_meta: dict = {}  # the `meta` item of the checkpoint restore_latest took
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -139,6 +140,7 @@ class Checkpointer:
                 bad.append(step)
                 continue
             self._compare(restored["meta"], step)
+            self.restored_meta = dict(restored["meta"])
             return restored["state"], step
         return None, 0
 

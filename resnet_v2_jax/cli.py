@@ -7,6 +7,7 @@ the convention for a usage error, before anything is built or compiled.
 
 from __future__ import annotations
 
+import re
 import sys
 
 from absl import app, flags
@@ -50,16 +51,26 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
               file=sys.stderr)
         sys.exit(2)
     except (KeyError, AttributeError) as e:  # an override naming a field the config does not have
-        key = str(e.args[0]).strip("'\"") if e.args else str(e)
-        bad = [a.split("=")[0] for a in argv if a.startswith("--config.") and key in a.split("=")[0]]
-        fail(f"unknown config field {key!r} in override {bad[0] if bad else ''}; see the experiment file "
-             "or `python -m resnet_v2_jax.summary --config=... --json` for the fields")
+        fail(_unknown_field(str(e.args[0]) if e.args else str(e), argv))
     except OSError:
         path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "?")
         fail(f"cannot load the --config file {path!r}: no such file, or it failed to import")
     except (ValueError, TypeError) as e:
         fail(str(e).splitlines()[0])
     return rest
+
+
+def _unknown_field(error: str, argv: list[str]) -> str:
+    """One line for ml_collections' error on an override of a field the config lacks. Its text comes
+    quoted, sometimes escaped twice, with a suggestion on a second line: keep the field, the flag
+    that named it, and the suggestion."""
+    suggestion = re.search(r'Did you mean \W*"(\w+)\W*" instead of \W*"(\w+)', error)
+    key = suggestion.group(2) if suggestion else (re.findall(r"\w+", error) or ["?"])[0]
+    flag = next((a.split("=")[0] for a in argv
+                 if a.startswith("--config.") and key in a.split("=")[0].split(".")[1:]), None)
+    return (f"unknown config field '{key}'" + (f" in {flag}" if flag else "")
+            + (f' (did you mean "{suggestion.group(1)}"?)' if suggestion else "")
+            + "; see the experiment file or `python -m resnet_v2_jax.summary --config=... --json` for the fields")
 
 
 def _module_name(argv: list[str]) -> str:

@@ -59,17 +59,38 @@ def _probe_workdir(workdir: epath.Path) -> None:
 class MetricWriter:
     """metrics.jsonl (the source of truth for plot/report) + TensorBoard events + console."""
 
-    def __init__(self, workdir: epath.Path, enabled: bool):
+    def __init__(self, workdir: epath.Path, enabled: bool, resumed_step: int = 0):
         self.enabled = enabled
         self.path = workdir / "metrics.jsonl"
         self.tb = None
         if enabled:
+            if resumed_step:
+                self._drop_after(resumed_step)
             try:
                 from tensorboardX import SummaryWriter
 
-                self.tb = SummaryWriter(str(workdir / "tb"))
+                # purge_step: TensorBoard hides the events a killed run logged after the checkpoint.
+                self.tb = SummaryWriter(str(workdir / "tb"), purge_step=resumed_step + 1 if resumed_step else None)
             except Exception as e:  # noqa: BLE001 - TensorBoard is optional output
                 logging.warning("TensorBoard events disabled: %s", e)
+
+    def _drop_after(self, step: int) -> None:
+        """Removes the records of steps after `step`: a run killed after its newest checkpoint logged
+        steps that the resumed run computes again, so the log stays one record per step and split."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError):  # a line cut short by the kill
+                continue
+        if len(kept) < len(lines):
+            tmp = self.path.parent / (self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.path)
 
     def write(self, step: int, split: str, values: dict) -> None:
         if not self.enabled:
@@ -197,7 +218,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if data is not None and data.train_arrays is not None:
         train_images = jax.device_put(data.train_arrays["image"], rep)
 
-    writer = MetricWriter(workdir, is_lead)
+    writer = MetricWriter(workdir, is_lead, start)
     signals = _Signals()
     lr_fn = optim.schedule(config)
     sharding = step_lib.batch_sharding(mesh)
@@ -205,11 +226,16 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     synthetic = None if data is not None else step_lib.synthetic_batch(task, mesh, config.batch_size, config.seed)
     batches = iter(()) if data is None else data.train_batches(start)
 
-    best, last_eval, status, message = math.inf, None, "ok", ""
+    # A resumed run carries on the best test error and the training time of the steps before its
+    # checkpoint (kept in the checkpoint's meta); a checkpoint without them times this run's steps only.
+    resumed = checkpointer.restored_meta if start else {}
+    best = math.inf if resumed.get("best_test_error") is None else float(resumed["best_test_error"])
+    train_seconds = float(resumed.get("train_seconds", 0.0))
+    timed_from = 0 if "train_seconds" in resumed else start
+    last_eval, status, message = None, "ok", ""
     pending: list = []
     t_log = time.time()
     step, log_step, rollbacks = start, start, 0
-    train_seconds = 0.0
     input_seconds = 0.0  # host seconds waiting for the next batch since the last log
     starved_windows = 0  # log windows in a row whose input wait neared the step time
     try:
@@ -229,9 +255,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             # nan_step is read before every log, evaluation and checkpoint, so no checkpoint is
             # ever written after a non-finite step: the newest one always holds good parameters.
             if at_log or stop or at_eval or at_ckpt:
-                nan_step = int(jax.device_get(state.nan_step))
+                nan_step = int(jax.device_get(state.nan_step))  # the state's step count before the bad update
                 if nan_step >= 0:
-                    msg = f"loss or gradient became NaN/Inf at step {nan_step}"
+                    msg = f"loss or gradient became NaN/Inf at step {nan_step + 1}"  # as the progress lines count
                     if config.nan_policy == "rollback" and rollbacks < 3:
                         rollbacks += 1
                         logging.warning("%s: skipping that batch and continuing from the last good state "
@@ -242,9 +268,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                         batches = iter(()) if data is None else data.train_batches(step)
                         continue
                     status, message = "nan", msg + (" (after 3 rollbacks)" if rollbacks else "")
-                    raise TrainingDiverged(f"{message}; stopped, and the last good checkpoint is kept in "
-                                           f"{checkpointer.directory} (set --config.nan_policy=rollback to "
-                                           "skip the offending batch)")
+                    newest = checkpointer.last_requested if checkpointer.last_requested is not None else start
+                    kept = (f"the last good checkpoint (step {newest}) is kept in {checkpointer.directory}"
+                            if newest else "no checkpoint had been written yet")
+                    raise TrainingDiverged(f"{message}; stopped, and {kept} (set --config.nan_policy=rollback "
+                                           "to skip the offending batch)")
             if at_log or stop:
                 fetched = jax.device_get(pending)
                 pending = []
@@ -292,12 +320,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                           f"{int(last_eval['count'])} examples", flush=True)
                 t_log = time.time()
             if at_ckpt or stop:
-                _save(checkpointer, step, state, force=stop or step == total)
+                meta = {"train_seconds": train_seconds + time.time() - t_log,
+                        "best_test_error": None if best == math.inf else float(best)}
+                _save(checkpointer, step, state, meta, force=stop or step == total)
             if stop:
                 status = "preempted" if signals.received == signal.SIGTERM else "interrupted"
                 break
     except TrainingDiverged:
-        _write_results(workdir, is_lead, config, status, message, step, step - start, train_seconds, best, last_eval)
+        _write_results(workdir, is_lead, config, status, message, step, step - timed_from, train_seconds, best, last_eval)
         raise
     finally:
         signals.restore()
@@ -310,12 +340,12 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                       f"written to {checkpointer.directory} ({reason})") from e
         finally:
             checkpointer.close()
-    return _write_results(workdir, is_lead, config, status, message, step, step - start, train_seconds, best, last_eval)
+    return _write_results(workdir, is_lead, config, status, message, step, step - timed_from, train_seconds, best, last_eval)
 
 
-def _save(checkpointer, step, state, force):
+def _save(checkpointer, step, state, meta, force):
     try:
-        checkpointer.save(step, state, force=force)
+        checkpointer.save(step, state, meta, force=force)
     except Exception as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
         if force:

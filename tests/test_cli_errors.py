@@ -51,7 +51,10 @@ CASES = {
     "lr_negative": (["--config.learning_rate=-0.1"], ["learning_rate=-0.1", "positive"]),
     "steps": (["--config.num_train_steps=0"], ["num_train_steps=0", "positive"]),
     "batch": (["--config.batch_size=0"], ["batch_size=0", "positive"]),
-    "unknown_override": (["--config.modle.depth=8"], ["modle", "unknown config field"]),
+    "unknown_override": (["--config.modle.depth=8"],
+                         ["error: unknown config field 'modle' in --config.modle.depth (did you mean \"model\"?); "]),
+    "unknown_nested_override": (["--config.model.dpth=8"],
+                                ["error: unknown config field 'dpth' in --config.model.dpth (did you mean \"depth\"?); "]),
     # XLA itself would abort with a C++ fatal error, after JAX started
     "xla_flags": (["--config.xla_flags=gpu_enable_command_buffer="], ["xla_flags=", "not an XLA flag"]),
 }

@@ -227,10 +227,11 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(digits_dat
     assert len(errors) == 1 and "NaN/Inf at step" in errors[0], r.stderr[-2000:]
     results = json.loads((workdir / "results.json").read_text())
     assert results["status"] == "nan"
-    nan_step = int(results["message"].split("at step ")[1].split()[0])
+    bad_step = int(results["message"].split("at step ")[1].split()[0])
     assert errors[0].startswith(f"error: {results['message']}")
     steps = complete_steps(workdir)
-    assert steps and max(steps) <= nan_step  # nothing written after the bad step
+    assert steps and max(steps) < bad_step  # nothing written after the last good step
+    assert f"the last good checkpoint (step {max(steps)}) is kept in" in errors[0]
     import jax
 
     state = load_state(workdir, max(steps))
@@ -284,6 +285,86 @@ def test_rollback_skips_one_bad_batch_and_continues(tmp_path, monkeypatch):
     results = train.train_and_evaluate(tiny_synthetic(nan_policy="rollback"), str(tmp_path / "w"))
     assert results["status"] == "ok" and results["steps"] == 12
     assert complete_steps(tmp_path / "w") == [4, 8, 12]  # step 8's save came after the rollback
+
+
+def _poison(monkeypatch, bad_calls):
+    """The train step gets an infinite batch on the listed calls (1-based, as the progress lines count)."""
+    import jax.numpy as jnp
+
+    from resnet_v2_jax import step as step_lib
+
+    compile_steps = step_lib.compile_steps
+
+    def poisoned(task, mesh):
+        (fn, eval_fn), calls = compile_steps(task, mesh), [0]
+
+        def step(state, batch, images):
+            calls[0] += 1
+            if calls[0] in bad_calls:
+                batch = dict(batch, image=batch["image"] * jnp.inf)
+            return fn(state, batch, images)
+        return step, eval_fn
+
+    monkeypatch.setattr(step_lib, "compile_steps", poisoned)
+
+
+@pytest.mark.parametrize("bad, kept", [(1, "no checkpoint had been written yet"),
+                                       (6, "the last good checkpoint (step 4) is kept in")])
+def test_a_nan_names_its_step_as_the_progress_lines_count_and_the_checkpoint_kept(tmp_path, monkeypatch, bad, kept):
+    from resnet_v2_jax import train
+
+    _poison(monkeypatch, {bad})
+    with pytest.raises(train.TrainingDiverged) as e:
+        train.train_and_evaluate(tiny_synthetic(), str(tmp_path / "w"))
+    assert str(e.value).startswith(f"loss or gradient became NaN/Inf at step {bad}; stopped, and {kept}")
+    assert complete_steps(tmp_path / "w") == ([] if bad == 1 else [4])
+
+
+def test_a_resumed_run_keeps_its_best_error_its_time_and_one_record_per_step(tmp_path, monkeypatch):
+    """Stopped by SIGTERM at step 9 (evaluations at 4 and 8), then resumed to 12 (evaluation at 12):
+    the best test error is step 8's, the training time covers both runs, and the records a killed
+    run logged after its checkpoint (here a stray step-11 line) are dropped on resume."""
+    import os
+
+    from resnet_v2_jax import step as step_lib
+    from resnet_v2_jax import train
+
+    errors = {4: 0.5, 8: 0.1, 12: 0.3}
+    real_evaluate = train.evaluate
+
+    def scripted(eval_fn, state, *args):
+        result = real_evaluate(eval_fn, state, *args)
+        return dict(result, error=errors[int(state.step)])
+
+    monkeypatch.setattr(train, "evaluate", scripted)
+    compile_steps = step_lib.compile_steps
+
+    def preempted_at_9(task, mesh):
+        (fn, eval_fn), calls = compile_steps(task, mesh), [0]
+
+        def step(state, batch, images):
+            calls[0] += 1
+            if calls[0] == 9:
+                os.kill(os.getpid(), signal.SIGTERM)  # the handler sets a flag; the loop saves and stops
+            return fn(state, batch, images)
+        return step, eval_fn
+
+    monkeypatch.setattr(step_lib, "compile_steps", preempted_at_9)
+    workdir = tmp_path / "w"
+    first = train.train_and_evaluate(tiny_synthetic(), str(workdir))
+    assert first["status"] == "preempted" and complete_steps(workdir) == [4, 8, 9]
+    with (workdir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 11, "split": "train", "loss": 9.0}) + "\n" + '{"step": 1')  # cut short
+
+    monkeypatch.setattr(step_lib, "compile_steps", compile_steps)
+    results = train.train_and_evaluate(tiny_synthetic(), str(workdir))
+    assert results["status"] == "ok" and results["steps"] == 12
+    assert results["best_test_error"] == 0.1 and results["final_test_error"] == 0.3
+    assert results["train_seconds"] > first["train_seconds"] > 0
+    assert results["images_per_second"] == pytest.approx(12 * 8 / results["train_seconds"])
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in records] == [
+        (4, "train"), (4, "test"), (8, "train"), (8, "test"), (9, "train"), (12, "train"), (12, "test")]
 
 
 def test_failing_saves_keep_training_and_the_final_failure_exits(tmp_path, monkeypatch, capfd):
