@@ -64,13 +64,12 @@ class MetricWriter:
         self.path = workdir / "metrics.jsonl"
         self.tb = None
         if enabled:
-            if resumed_step:
-                self._drop_after(resumed_step)
+            self._drop_after(resumed_step)  # 0: a run killed before its first checkpoint starts over
             try:
                 from tensorboardX import SummaryWriter
 
                 # purge_step: TensorBoard hides the events a killed run logged after the checkpoint.
-                self.tb = SummaryWriter(str(workdir / "tb"), purge_step=resumed_step + 1 if resumed_step else None)
+                self.tb = SummaryWriter(str(workdir / "tb"), purge_step=resumed_step + 1)
             except Exception as e:  # noqa: BLE001 - TensorBoard is optional output
                 logging.warning("TensorBoard events disabled: %s", e)
 

@@ -367,6 +367,17 @@ def test_a_resumed_run_keeps_its_best_error_its_time_and_one_record_per_step(tmp
         (4, "train"), (4, "test"), (8, "train"), (8, "test"), (9, "train"), (12, "train"), (12, "test")]
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_its_log_over(tmp_path):
+    from resnet_v2_jax import train
+
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "metrics.jsonl").write_text(json.dumps({"step": 3, "split": "train", "loss": 9.0}) + "\n")
+    train.train_and_evaluate(tiny_synthetic(), str(workdir))
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["split"]) for r in records] == [(s, split) for s in (4, 8, 12) for split in ("train", "test")]
+
+
 def test_failing_saves_keep_training_and_the_final_failure_exits(tmp_path, monkeypatch, capfd):
     from resnet_v2_jax import checkpoint, train
 
