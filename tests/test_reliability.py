@@ -263,49 +263,39 @@ def tiny_synthetic(**overrides):
     return c
 
 
-def test_rollback_skips_one_bad_batch_and_continues(tmp_path, monkeypatch):
-    import jax.numpy as jnp
-
+def _wrap_train_step(monkeypatch, before_call):
+    """The compiled train step, preceded by `before_call(n, batch) -> batch` (n: the 1-based call,
+    as the progress lines count steps)."""
     from resnet_v2_jax import step as step_lib
-    from resnet_v2_jax import train
 
     compile_steps = step_lib.compile_steps
 
-    def poisoned(task, mesh):
+    def wrapped(task, mesh):
         (fn, eval_fn), calls = compile_steps(task, mesh), [0]
 
         def step(state, batch, images):
             calls[0] += 1
-            if calls[0] == 6:  # the 6th call is step 5
-                batch = dict(batch, image=batch["image"] * jnp.inf)
-            return fn(state, batch, images)
+            return fn(state, before_call(calls[0], batch), images)
         return step, eval_fn
 
-    monkeypatch.setattr(step_lib, "compile_steps", poisoned)
-    results = train.train_and_evaluate(tiny_synthetic(nan_policy="rollback"), str(tmp_path / "w"))
-    assert results["status"] == "ok" and results["steps"] == 12
-    assert complete_steps(tmp_path / "w") == [4, 8, 12]  # step 8's save came after the rollback
+    monkeypatch.setattr(step_lib, "compile_steps", wrapped)
 
 
 def _poison(monkeypatch, bad_calls):
-    """The train step gets an infinite batch on the listed calls (1-based, as the progress lines count)."""
+    """An infinite batch on the listed calls."""
     import jax.numpy as jnp
 
-    from resnet_v2_jax import step as step_lib
+    _wrap_train_step(monkeypatch, lambda n, batch: dict(batch, image=batch["image"] * jnp.inf)
+                     if n in bad_calls else batch)
 
-    compile_steps = step_lib.compile_steps
 
-    def poisoned(task, mesh):
-        (fn, eval_fn), calls = compile_steps(task, mesh), [0]
+def test_rollback_skips_one_bad_batch_and_continues(tmp_path, monkeypatch):
+    from resnet_v2_jax import train
 
-        def step(state, batch, images):
-            calls[0] += 1
-            if calls[0] in bad_calls:
-                batch = dict(batch, image=batch["image"] * jnp.inf)
-            return fn(state, batch, images)
-        return step, eval_fn
-
-    monkeypatch.setattr(step_lib, "compile_steps", poisoned)
+    _poison(monkeypatch, {6})
+    results = train.train_and_evaluate(tiny_synthetic(nan_policy="rollback"), str(tmp_path / "w"))
+    assert results["status"] == "ok" and results["steps"] == 12
+    assert complete_steps(tmp_path / "w") == [4, 8, 12]  # step 8's save came after the rollback
 
 
 @pytest.mark.parametrize("bad, kept", [(1, "no checkpoint had been written yet"),
@@ -339,17 +329,12 @@ def test_a_resumed_run_keeps_its_best_error_its_time_and_one_record_per_step(tmp
     monkeypatch.setattr(train, "evaluate", scripted)
     compile_steps = step_lib.compile_steps
 
-    def preempted_at_9(task, mesh):
-        (fn, eval_fn), calls = compile_steps(task, mesh), [0]
+    def sigterm_at_9(n, batch):
+        if n == 9:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler sets a flag; the loop saves and stops
+        return batch
 
-        def step(state, batch, images):
-            calls[0] += 1
-            if calls[0] == 9:
-                os.kill(os.getpid(), signal.SIGTERM)  # the handler sets a flag; the loop saves and stops
-            return fn(state, batch, images)
-        return step, eval_fn
-
-    monkeypatch.setattr(step_lib, "compile_steps", preempted_at_9)
+    _wrap_train_step(monkeypatch, sigterm_at_9)
     workdir = tmp_path / "w"
     first = train.train_and_evaluate(tiny_synthetic(), str(workdir))
     assert first["status"] == "preempted" and complete_steps(workdir) == [4, 8, 9]
