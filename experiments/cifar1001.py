@@ -1,9 +1,11 @@
 """ResNet-1001 (bottleneck), full pre-activation, CIFAR-10: the official code's batch-64 recipe.
 
 Paper Table 4: 4.62% (median of 5; 4.69+-0.20), 10.2M parameters. resnet-1k-layers trains
-200 epochs at batch 64 (lr 0.1, /10 at epochs 81 and 122 in fb.resnet.torch's schedule as used
-there), Nesterov off, stride in the first 1x1 conv of a transition unit; BN statistics are over
-the 64-image batch. Remat keeps the conv outputs so 1001 layers fit at batch 128 too.
+200 epochs at batch 64 with fb.resnet.torch's train.lua: lr 0.1, /10 from (1-based) epochs 81 and
+122 (`epoch >= 81`), that is after 80 and 121 whole epochs; Nesterov momentum 0.9; no warm-up;
+stride in the first 1x1 conv of a transition unit. BN statistics are over the 64-image batch
+here; the official command (`-batchSize 64 -nGPU 2`) split it over 2 GPUs, 32 images each, which
+`--config.bn_group_size=32` reproduces.
 """
 
 from resnet_v2_jax import config as config_lib
@@ -23,7 +25,9 @@ def get_config():
     c.model.scan_unroll = 10
     c.batch_size = 64
     c.schedule = "epochs_step"
-    c.lr_boundaries = (81, 122)
+    c.lr_boundaries = (80, 121)  # whole epochs done: fb.resnet.torch decays from epoch 81 (1-based)
+    c.warmup_steps = 0
+    c.nesterov = True
     c.num_train_steps = 200 * 50000 // 64  # 200 epochs
     c.eval_every_steps = 5000
     c.checkpoint_every_steps = 2000

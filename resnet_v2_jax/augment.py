@@ -4,10 +4,11 @@ The trainer imports this module on accelerator hosts, so it must not import Tens
 the host pipeline (`input_pipeline.py`) does the same arithmetic in numpy; the two paths use
 different random streams but the same definitions, so a config can switch `augment_on_device`
 freely. For ImageNet the host crops and mirrors (JPEG decoding is fused with the crop there) and
-the colour part of the inception recipe runs here, on every training batch.
+the colour part of both ImageNet recipes runs here, on every training batch.
 
-Everything works on the 0..255 pixel scale. Augment first, normalise second: the paper's CIFAR
-code pads the raw image with zeros (black) before normalising, and so does this.
+CIFAR: normalise first, then pad-crop-flip, as the paper's official code (fb.resnet.torch
+datasets/cifar10.lua: ColorNormalize, HorizontalFlip, RandomCrop(32, 4)): the zero padding is
+zero after normalising, the mean colour, not black. The ImageNet colour work is on the 0..255 scale.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def normalize(images, mean, std, dtype=jnp.float32):
 
 def crop_flip(images, offsets, flips, pad: int = 4):
     """Zero-pads by `pad`, takes each image's window at `offsets` (row, col), then mirrors it
-    left-right where `flips` is true.
+    left-right where `flips` is true. (Flip and crop commute, so this is the official code's
+    flip-then-crop.)
 
     Split from `pad_crop_flip` so the geometry can be checked against exact offsets; the window
     is read with `lax.dynamic_slice`, so shapes stay static under jit.
@@ -74,15 +76,20 @@ def pad_crop_flip_params(rng, n: int, pad: int = 4):
 def pad_crop_flip(rng, images, pad: int = 4):
     """The paper's CIFAR augmentation: pad 4 with zeros, random crop back, random mirror.
 
-    Every example draws its own offsets and flip from `rng`; pass uint8 (or unnormalised float)
-    images so the padding is black as in the paper's code, and normalise afterwards. To keep
-    resumed runs identical, derive `rng` from the step, e.g. `jax.random.fold_in(key, step)`.
+    Every example draws its own offsets and flip from `rng`; pass normalised images, so that the
+    padding is the mean colour as in the paper's code. To keep resumed runs identical, derive
+    `rng` from the step, e.g. `jax.random.fold_in(key, step)`.
     """
     offsets, flips = pad_crop_flip_params(rng, images.shape[0], pad)
     return crop_flip(images, offsets, flips, pad)
 
 
 # ----------------------------------------------------------------------------- ImageNet colour
+
+# The colour jitter strength of each `imagenet_augment` recipe. fb.resnet.torch's inception recipe
+# blends brightness, contrast and saturation by 1 + U(-0.4, 0.4), then adds PCA lighting; the
+# paper's scale augmentation uses "the standard color augmentation" of AlexNet, PCA lighting alone.
+COLOUR_JITTER = {"inception": 0.4, "scale": 0.0}
 
 # AlexNet's PCA lighting noise (fb.resnet.torch), eigenvalues on the 0..1 pixel scale.
 EIGVAL = (0.2175, 0.0188, 0.0045)
@@ -124,12 +131,20 @@ def colour_apply(images, alphas, light):
     x = (x - mean_grey) * a[..., 1:2] + mean_grey  # contrast: blend with the mean grey
     grey = _grey(x)
     x = (x - grey) * a[..., 2:3] + grey  # saturation: blend with the pixel's grey
+    return _lighting(x, light)
+
+
+def _lighting(x, light):
+    """x + 255 * EIGVEC @ (light * EIGVAL), per image: AlexNet's PCA lighting."""
     rgb = (light * jnp.asarray(EIGVAL, jnp.float32)) @ jnp.asarray(EIGVEC, jnp.float32).T  # (n, 3)
     return x + 255.0 * rgb[:, None, None, :]
 
 
 def colour_lighting(rng, images, strength: float = 0.4, lighting_std: float = 0.1):
-    """The colour part of the fb.resnet.torch ImageNet recipe (`imagenet_augment='inception'`),
-    done on device: the host sends cropped, mirrored uint8 pixels (4x fewer bytes than floats)
-    and skips float work that costs it more than the JPEG decode (BENCHMARKS.md)."""
-    return colour_apply(images, *colour_params(rng, images.shape[0], strength, lighting_std))
+    """The colour part of the ImageNet recipes (`COLOUR_JITTER`), done on device: the host sends
+    cropped, mirrored uint8 pixels (4x fewer bytes than floats) and skips float work that costs it
+    more than the JPEG decode (BENCHMARKS.md). `strength` 0 is lighting alone, without the blends."""
+    alphas, light = colour_params(rng, images.shape[0], strength, lighting_std)
+    if strength == 0:
+        return _lighting(images.astype(jnp.float32), light)
+    return colour_apply(images, alphas, light)

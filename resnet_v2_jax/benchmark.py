@@ -184,7 +184,7 @@ def _inputs(config, eval_mode: bool = False):
     """(pixels, colour, rows, device_augment): what the experiment's input pipeline hands the step
     (see `setup`), decided before `prepare` forces the dataset to synthetic."""
     pixels = config.dataset == "imagenet2012"
-    colour = pixels and config.augment and config.imagenet_augment == "inception" and not eval_mode
+    colour = pixels and config.augment and not eval_mode
     on_device = config.dataset in ("cifar10", "cifar100") and config.augment_on_device and not eval_mode
     return pixels, colour, DATASET_ROWS if on_device else 0, on_device and config.augment
 
@@ -236,10 +236,9 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
     """(Runner, description) for one configuration: state, on-device batch, compiled step.
 
     Each experiment's training step gets what its real input pipeline hands it. ImageNet: uint8
-    pixels that the step normalises (and, for imagenet_augment='inception', colour-jitters and
-    lights) on device. CIFAR with `augment_on_device` (the default): a 50,000-image uint8 train set
-    held on the devices and a batch of row indices, gathered, pad-crop-flipped and normalised in
-    the step. Evaluation and the plain Flax baseline get float32 images.
+    pixels that the step colour-augments (while training) and normalises on device. CIFAR with
+    `augment_on_device` (the default): a 50,000-image uint8 train set held on the devices and a
+    batch of row indices, gathered, normalised and pad-crop-flipped in the step. Evaluation and the plain Flax baseline get float32 images.
     """
     t0 = time.perf_counter()
     pixels, colour, rows, device_augment = _inputs(config, eval_mode)

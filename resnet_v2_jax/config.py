@@ -102,7 +102,7 @@ def default() -> ml_collections.ConfigDict:
     # digits/CIFAR: the train set lives on the accelerators and each step gathers and augments its
     # rows there, so no host work per step (the host path, False, measured ~20,000 images per
     # CPU-second: BENCHMARKS.md). ImageNet ignores it: it streams uint8 crops, and the step
-    # normalises (and colour-jitters) them on device.
+    # normalises (and colour-augments) them on device.
     c.augment_on_device = True
     c.imagenet_augment = "scale"
     c.imagenet_eval_size = 224  # 224: centre crop of 256-resized; 320: full 320-resized image

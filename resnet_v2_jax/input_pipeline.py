@@ -66,8 +66,8 @@ class Data:
     `eval_image_size` is the side of the test images (ImageNet may evaluate at 320).
     `device_augment` tells the trainer whether to pad-crop-flip the gathered rows on device
     (True only with `augment_on_device` and `augment`, and never for digits); `device_colour`
-    whether to apply the inception recipe's colour jitter and lighting on device
-    (`augment.colour_lighting`, ImageNet with imagenet_augment='inception').
+    whether to apply the ImageNet recipe's colour augmentation on device (`augment.colour_lighting`:
+    jitter and lighting for imagenet_augment='inception', lighting for 'scale').
     """
 
     num_train: int
@@ -259,7 +259,7 @@ class _InMemoryData(Data):
     def _train_batch(self, step) -> tuple[np.ndarray, np.ndarray]:
         step = int(step)
         rows = self._indices(step)
-        images = self._train_x[rows]
+        images = self._normalize(self._train_x[rows])  # then pad: the padding is the mean colour
         if self._augment:
             # Drawn for the whole global batch, then sliced: the same whatever the process count.
             rng = np.random.default_rng([self._seed, 1, step])
@@ -267,7 +267,7 @@ class _InMemoryData(Data):
             flips = rng.random(self._batch) < 0.5
             mine = slice(self._process * self._local, (self._process + 1) * self._local)
             images = crop_flip_np(images, offsets[mine], flips[mine])
-        return self._normalize(images), self._train_y[rows]
+        return images, self._train_y[rows]
 
     def train_batches(self, start_step: int = 0) -> Iterator[dict]:
         if self.train_arrays is not None:
@@ -308,8 +308,8 @@ def _load_split(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
 class _ImageNetData(Data):
     """imagenet2012: per-process shards streamed, decoded, cropped and mirrored by tf.data.
 
-    Batches are uint8: the normalisation, and the inception recipe's colour jitter and lighting,
-    run on the accelerator (`step._images`). On the host they cost more than the JPEG decode
+    Batches are uint8: the normalisation, and the recipe's colour augmentation (lighting; jitter
+    too for inception), run on the accelerator (`step._images`). On the host they cost more than the JPEG decode
     (images per CPU-second ~1070 without them, ~300 with them, BENCHMARKS.md), and floats are
     4x the bytes to copy and transfer.
     """
@@ -337,7 +337,7 @@ class _ImageNetData(Data):
         self._shuffle_buffer = config.shuffle_buffer
         self._threads = config.data_threads
         self._augment = config.imagenet_augment if config.augment else None
-        self.device_colour = self._augment == "inception"
+        self.device_colour = self._augment is not None  # both recipes' colour work runs on device
         # Equal shards (remainder dropped) keep every process's epochs the same length.
         self._train_split = tfds.split_for_jax_process(
             "train", process_index=process_index, process_count=process_count, drop_remainder=True

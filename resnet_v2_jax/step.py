@@ -122,16 +122,18 @@ class Task:
     num_classes: int
     norm: tuple[np.ndarray, np.ndarray] | None = None  # (mean, std) for on-device normalisation
     augment: bool = False  # pad-crop-flip on device (augment_on_device)
-    colour: bool = False  # ImageNet inception recipe: colour jitter and lighting on device
+    colour: bool = False  # ImageNet: colour augmentation on device (augment.colour_lighting)
+    colour_jitter: float = 0.4  # its blend strength (augment.COLOUR_JITTER; 0: PCA lighting alone)
 
 
 def make_task(config, image_shape, norm=None, device_augment: bool = False, device_colour: bool = False) -> Task:
     """`device_augment`: the pipeline hands out row indices and the step pad-crop-flips on device.
-    `device_colour`: the step applies `augment.colour_lighting` to the (uint8) training images."""
+    `device_colour`: the step applies `augment.colour_lighting` to the (uint8) training images, with
+    the jitter of `config.imagenet_augment`'s recipe."""
     model = networks.build(config.model, bn_group_size=config.bn_group_size)
     return Task(model, optim.optimizer(config), tuple(image_shape), config.model.num_classes,
                 None if norm is None else tuple(np.asarray(a, np.float32) for a in norm), device_augment,
-                device_colour)
+                device_colour, augment.COLOUR_JITTER[config.imagenet_augment])
 
 
 def create_state(task: Task, seed: int) -> TrainState:
@@ -163,21 +165,20 @@ def init_state(task: Task, seed: int, mesh: Mesh) -> TrainState:
 
 
 def _images(task: Task, batch, rng=None, train_images=None):
-    """The float images of a batch. Given as floats: used as they are. Given as uint8 pixels
-    (ImageNet), or gathered from on-device data (`augment_on_device`): augmented on device
-    while training (`rng` given), then normalised with `task.norm`."""
+    """The float images of a batch. Given as floats: used as they are. Gathered from on-device
+    data (`augment_on_device`, CIFAR): normalised with `task.norm`, then pad-cropped and flipped
+    while training (`rng` given), so the padding is the mean colour. Given as uint8 pixels
+    (ImageNet): colour-augmented while training, then normalised."""
     if "index" in batch:
-        images = train_images[batch["index"]]
-        if task.augment and rng is not None:
-            images = augment.pad_crop_flip(rng, images)
-    elif batch["image"].dtype == jnp.uint8:
+        images = augment.normalize(train_images[batch["index"]], *task.norm, jnp.float32)
+        return augment.pad_crop_flip(rng, images) if task.augment and rng is not None else images
+    if batch["image"].dtype == jnp.uint8:
         images = batch["image"]
         if task.colour and rng is not None:
-            images = augment.colour_lighting(rng, images)
+            images = augment.colour_lighting(rng, images, task.colour_jitter)
     else:
         return batch["image"]
-    mean, std = task.norm
-    return augment.normalize(images, mean, std, jnp.float32)
+    return augment.normalize(images, *task.norm, jnp.float32)
 
 
 def global_norm(tree) -> jax.Array:

@@ -128,6 +128,21 @@ def test_resnet1001_conv_and_fc_parameters_are_the_papers_10_2m():
     assert abs(conv_fc - 10.2e6) / 10.2e6 < 0.01, conv_fc
 
 
+def test_resnet1001_follows_fb_resnet_torch_train_lua():
+    """resnet-1k-layers trains with fb.resnet.torch's train.lua: Nesterov momentum 0.9, no warm-up,
+    lr 0.1 decayed x0.1 from (1-based) epochs 81 and 122 (`epoch >= 81`), i.e. after 80 and 121
+    whole epochs of 50,000 / 64 = 781.25 steps: steps 62,500 and 94,531."""
+    from resnet_v2_jax import optim
+
+    config = get_config("cifar1001", None)
+    assert config.nesterov and config.momentum == 0.9 and config.warmup_steps == 0
+    lr = optim.schedule(config)
+    for step, expected in [(0, 0.1), (62_499, 0.1), (62_500, 0.01), (94_530, 0.01), (94_531, 0.001),
+                           (config.num_train_steps - 1, 0.001)]:
+        assert float(lr(step)) == pytest.approx(expected, rel=1e-6), step
+    assert config.num_train_steps == 200 * 50_000 // 64
+
+
 def first_percentage(text):
     match = re.search(r"(\d+(?:\.\d+)?)%", text)
     return None if match is None else float(match.group(1))

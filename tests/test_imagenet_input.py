@@ -91,7 +91,7 @@ def test_centre_crop_equals_decoding_the_whole_image_then_cropping(sample_dir):
 def test_sample_batches_are_uint8_and_resume_exactly(sample_dir, mode):
     config = imagenet_config(sample_dir, imagenet_augment=mode)
     data = input_pipeline.create(config)
-    assert data.num_classes == 1000 and data.device_colour == (mode == "inception")
+    assert data.num_classes == 1000 and data.device_colour  # scale: PCA lighting; inception: jitter too
     batches = [b for _, b in zip(range(4), data.train_batches(0))]  # 32 images: past the 24-image epoch
     for b in batches:
         assert b["image"].dtype == np.uint8 and b["image"].shape == (8, 224, 224, 3)
@@ -170,6 +170,19 @@ def test_colour_lighting_draws_within_the_recipe_ranges():
     assert abs(float(jnp.std(light)) - 0.1) < 0.005
     x = jnp.full((2, 4, 4, 3), 100, jnp.uint8)
     np.testing.assert_allclose(augment.colour_lighting(jax.random.PRNGKey(0), x, 0.0, 0.0), 100.0)
+
+
+def test_the_scale_recipe_colour_is_pca_lighting_alone():
+    """The paper's scale augmentation takes AlexNet's "standard color augmentation": each image
+    shifted by one RGB offset, 255 * EIGVEC @ (light * EIGVAL), light ~ N(0, 0.1); no blends."""
+    rng = jax.random.PRNGKey(2)
+    x = np.random.default_rng(0).integers(0, 256, (16, 5, 7, 3)).astype(np.uint8)
+    out = np.asarray(augment.colour_lighting(rng, jnp.asarray(x), augment.COLOUR_JITTER["scale"]))
+    _, light = augment.colour_params(rng, 16, 0.0)
+    offsets = 255.0 * np.asarray(light) * np.asarray(augment.EIGVAL) @ np.asarray(augment.EIGVEC).T
+    np.testing.assert_allclose(out, x + offsets[:, None, None, :], rtol=1e-6, atol=1e-3)
+    assert np.abs(offsets).max() > 1  # the lighting does move the pixels
+    assert augment.COLOUR_JITTER == {"inception": 0.4, "scale": 0.0}
 
 
 def test_the_step_normalises_uint8_batches_on_device_like_the_host_would():

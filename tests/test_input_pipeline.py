@@ -254,6 +254,29 @@ def test_cifar10_pipeline_on_mock_data(tmp_path):
         assert len(masks) == 3 and sum(m.sum() for m in masks) == 40
 
 
+def test_cifar_padding_is_the_mean_colour_on_the_host_and_on_the_device(tmp_path):
+    """The official code normalises, then flips and zero-pads (fb.resnet.torch cifar10.lua:
+    ColorNormalize, HorizontalFlip, RandomCrop(32, 4)): a padded pixel is 0 after normalising,
+    the mean colour, never black (-mean/std)."""
+    from resnet_v2_jax import step as step_lib
+
+    mean, std = (np.asarray(v, np.float32) for v in augment.MEAN_STD["cifar10"])
+    black = -mean / std
+    fake_prepared("cifar10", str(tmp_path), {"train": 40, "test": 40})
+    with mock_data(str(tmp_path), 40):
+        host = take(input_pipeline.create(make_config(str(tmp_path), dataset="cifar10", batch_size=40))
+                    .train_batches(0), 1)[0]["image"]
+    task = step_lib.Task(None, None, (32, 32, 3), 10, (mean, std), augment=True)
+    white = jnp.full((40, 32, 32, 3), 255, jnp.uint8)
+    device = np.asarray(step_lib._images(task, {"index": jnp.arange(40)}, jax.random.key(0), white))
+    for images in (host, device):
+        padded = (images == 0).all(-1)
+        assert padded.any() and not np.isclose(images, black, atol=1e-4).all(-1).any()
+        assert padded[:, :4].any() and padded[:, -4:].any()  # offsets reach both borders
+    np.testing.assert_allclose(device[~(device == 0).all(-1)], np.broadcast_to((255 - mean) / std, (
+        int((~(device == 0).all(-1)).sum()), 3)), rtol=1e-6)
+
+
 @pytest.mark.parametrize("imagenet_augment, imagenet_eval_size", [("scale", 224), ("inception", 320)])
 def test_imagenet_pipeline_on_mock_data(tmp_path, imagenet_augment, imagenet_eval_size):
     fake_prepared("imagenet2012", str(tmp_path), {"train": 12, "validation": 7})
@@ -272,9 +295,9 @@ def test_imagenet_pipeline_on_mock_data(tmp_path, imagenet_augment, imagenet_eva
         assert (data.image_size, data.eval_image_size) == (224, imagenet_eval_size)
         batches = take(data.train_batches(0), 5)  # 25 examples: both epoch ends fall mid-batch
         for batch in batches:
-            # uint8 pixels: the step normalises (and colour-jitters, for inception) on device.
+            # uint8 pixels: the step colour-augments and normalises them on device.
             assert batch["image"].shape == (5, 224, 224, 3) and batch["image"].dtype == np.uint8
-        assert data.device_colour == (imagenet_augment == "inception")
+        assert data.device_colour  # both recipes: PCA lighting (and, for inception, the jitter)
         # Each epoch of the 12-example shard holds every example once.
         labels = np.concatenate([b["label"] for b in batches])
         assert collections.Counter(labels[:12].tolist()) == collections.Counter(labels[12:24].tolist())
