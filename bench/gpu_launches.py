@@ -255,6 +255,7 @@ def main(argv):
         "experiment": config.experiment, "batch": config.batch_size, "dtype": config.model.dtype,
         "scan": bool(config.model.scan) and not f.baseline,
         "scan_unroll": config.model.scan_unroll if config.model.scan and not f.baseline else None,
+        "bn_group_size": 0 if f.baseline else config.bn_group_size,
         "target": topology.devices[0].device_kind, "jax_version": jax.__version__,
         "xla_flags": xla_flags, "compile_s": round(compile_s, 1),
         "compiled_peak_bytes": benchmark.compiled_peak_bytes(compiled), **count_launches(text),

@@ -3,9 +3,8 @@
 Paper Table 4: 4.62% (median of 5; 4.69+-0.20), 10.2M parameters. resnet-1k-layers trains
 200 epochs at batch 64 with fb.resnet.torch's train.lua: lr 0.1, /10 from (1-based) epochs 81 and
 122 (`epoch >= 81`), that is after 80 and 121 whole epochs; Nesterov momentum 0.9; no warm-up;
-stride in the first 1x1 conv of a transition unit. BN statistics are over the 64-image batch
-here; the official command (`-batchSize 64 -nGPU 2`) split it over 2 GPUs, 32 images each, which
-`--config.bn_group_size=32` reproduces.
+stride in the first 1x1 conv of a transition unit. BN statistics over groups of 32 images: the
+official command (`-batchSize 64 -nGPU 2`) split the batch over 2 GPUs, each with its own BN.
 """
 
 from resnet_v2_jax import config as config_lib
@@ -31,4 +30,5 @@ def get_config():
     c.num_train_steps = 200 * 50000 // 64  # 200 epochs
     c.eval_every_steps = 5000
     c.checkpoint_every_steps = 2000
+    c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

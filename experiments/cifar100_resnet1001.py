@@ -12,4 +12,5 @@ def get_config():
     c.model.depth = 1001
     c.model.block = "bottleneck"
     c.model.scan_unroll = 10  # 10 units per loop iteration: why in experiments/cifar1001.py
+    c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

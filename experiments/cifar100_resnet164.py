@@ -12,4 +12,5 @@ def get_config():
     c.model.depth = 164
     c.model.block = "bottleneck"
     c.model.scan_unroll = 17  # no loop: why in experiments/cifar10_resnet164.py
+    c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

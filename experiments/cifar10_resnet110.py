@@ -18,4 +18,5 @@ def get_config():
     # than plain Flax there while the scanned one was 11% slower (BENCHMARKS.md). Scan pays for
     # deep stages (ResNet-164/1001), not here.
     c.model.scan = False
+    c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

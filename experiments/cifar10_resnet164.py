@@ -18,4 +18,5 @@ def get_config():
     # XLA compiles it in 36-48 s there and 20 s on 2 CPU cores (10 s scanned). The parameters are
     # the scanned layout's, so checkpoints do not depend on it.
     c.model.scan_unroll = 17
+    c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

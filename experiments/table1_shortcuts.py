@@ -36,4 +36,5 @@ def get_config(variant="exclusive_gating"):
     c.model.shortcut = shortcut
     for k, v in extra.items():
         c.model[k] = v
+    c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

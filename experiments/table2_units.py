@@ -26,4 +26,5 @@ def get_config(arg="full_preact,164"):
     c.model.depth = depth
     c.model.block = "basic" if depth == 110 else "bottleneck"
     c.model.shortcut_type = "A" if depth == 110 else "B"
+    c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

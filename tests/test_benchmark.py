@@ -56,7 +56,7 @@ def check_result(r: dict, mode: str) -> None:
 
 def test_train_step_json_and_no_tensorflow():
     also = ("--config=experiments/cifar10_resnet110.py --config.model.depth=14 --config.batch_size=8 --steps=1 --eval"
-            " --config.model.bn_partial_sums=True")
+            " --config.model.bn_partial_sums=True --config.bn_group_size=4")
     p = run_cli(*TINY, "--peak_tflops=1.0", "--profile_steps=1", "--distinct_batches=2", f"--also={also}")
     assert p.returncode == 0, p.stderr
     r, second = json_lines(p.stdout)
@@ -64,6 +64,8 @@ def test_train_step_json_and_no_tensorflow():
     # The --also run: its own flags and overrides, in the same process (the device's peak is the process's).
     assert (second["depth"], second["mode"], second["steps"], second["warmup"]) == (14, "eval", 1, 2)
     assert second["bn_partial_sums"] is True and r["bn_partial_sums"] is False and r["bn_recompute_mask"] is False
+    # The experiment's BN groups of 64 (the paper's two GPUs) are the whole batch of 8; 4 are 4.
+    assert (r["bn_group"], second["bn_group"]) == (8, 4)
     assert second["xla_flags"] == r["xla_flags"] and second["peak_bytes_in_use"] is None and "profile" not in second
     check_result(r, "train")
     assert r["setup_s"] >= r["compile_s"]  # config to compiled step includes the compile

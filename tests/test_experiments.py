@@ -108,6 +108,9 @@ def test_experiment_loads_validates_and_matches_the_paper_size(ident, name, arg)
     assert config.experiment != "default" and info
     # Command buffers paid on every CIFAR step measured on the H200 and cost ResNet-50 8% (BENCHMARKS.md).
     assert config.xla_flags == ("" if config.model.family == "imagenet" else config_lib.CIFAR_XLA_FLAGS)
+    # PAPER.md: "batch 128 on 2 GPUs (64 per GPU, so BN statistics over 64 images)".
+    if config.dataset in ("cifar10", "cifar100"):
+        assert config.bn_group_size * 2 == config.batch_size, (ident, config.bn_group_size)
     key = (config.model.family, config.model.depth, config.model.block)
     if config.model.shortcut != "identity" or key not in PARAMS:
         return

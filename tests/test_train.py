@@ -331,7 +331,7 @@ STEP_SCRIPT = textwrap.dedent("""
 
     one, four = jax.devices()[:1], jax.devices()
     out = {"1dev": run(one, 0), "4dev": run(four, 0), "1dev_g8": run(one, 8), "1dev_g2": run(one, 2),
-           "4dev_g2": run(four, 2)}
+           "4dev_g2": run(four, 2), "1dev_g4": run(one, 4), "4dev_g4": run(four, 4), "4dev_g64": run(four, 64)}
     json.dump(out, open(sys.argv[1], "w"))
 """)
 
@@ -361,6 +361,17 @@ def test_smaller_bn_group_changes_the_losses_but_not_with_the_device_count(step_
     g2, g0 = np.array(step_runs["1dev_g2"]["losses"]), np.array(step_runs["1dev"]["losses"])
     assert np.max(np.abs(g2 - g0) / g0) > 1e-3
     np.testing.assert_allclose(step_runs["4dev_g2"]["losses"], g2, rtol=1e-4)
+
+
+def test_bn_groups_spanning_devices_and_groups_beyond_the_batch(step_runs):
+    """Groups of 4 over 4 devices of 2 examples each: the same steps as on one device (XLA sums
+    each group across its two devices). A group of 64 at batch 8 is the whole batch, as the
+    paper's 64-image groups (experiments/) are when a smaller batch is asked for."""
+    g4 = np.array(step_runs["1dev_g4"]["losses"])
+    assert np.max(np.abs(g4 - np.array(step_runs["1dev"]["losses"])) / g4) > 1e-3
+    np.testing.assert_allclose(step_runs["4dev_g4"]["losses"], g4, rtol=1e-4)
+    np.testing.assert_allclose(step_runs["4dev_g4"]["state"], step_runs["1dev_g4"]["state"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(step_runs["4dev_g64"]["losses"], step_runs["1dev"]["losses"], rtol=1e-4)
 
 
 # ----------------------------------------------------------------------------- two processes
