@@ -13,6 +13,7 @@ def get_config():
     c.paper_error = 4.92
     c.model.depth = 1001
     c.model.block = "bottleneck"
+    c.model.stride_on = "1x1"  # resnet-1k-layers, the paper's ResNet-1001 code (experiments/cifar1001.py)
     c.model.scan_unroll = 10  # 10 units per loop iteration: why in experiments/cifar1001.py
     c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

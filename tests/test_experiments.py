@@ -146,6 +146,14 @@ def test_resnet1001_follows_fb_resnet_torch_train_lua():
     assert config.num_train_steps == 200 * 50_000 // 64
 
 
+def test_every_resnet1001_experiment_strides_like_resnet_1k_layers():
+    """The paper's ResNet-1001 results (Table 4) come from one code, resnet-1k-layers, which puts a
+    transition's stride in its first 1x1 conv (PAPER.md)."""
+    names = [name for name in SINGLE if get_config(name, None).model.depth == 1001]
+    assert sorted(names) == ["cifar1001", "cifar1001_b128", "cifar100_resnet1001"]
+    assert all(get_config(name, None).model.stride_on == "1x1" for name in names)
+
+
 def first_percentage(text):
     match = re.search(r"(\d+(?:\.\d+)?)%", text)
     return None if match is None else float(match.group(1))
