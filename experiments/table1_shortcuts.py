@@ -13,6 +13,7 @@ VARIANTS = {
     "constant_scaling_plain": ("constant_scaling", {"shortcut_scale": 0.0}, -1.0),
     "constant_scaling": ("constant_scaling", {"shortcut_scale": 0.5}, -1.0),
     "constant_scaling_both": ("constant_scaling", {"shortcut_scale": 0.5, "scale_residual": True}, 12.35),
+    "exclusive_gating_b0": ("exclusive_gating", {"gate_bias_init": 0.0}, -1.0),  # 0..-5 all fail
     "exclusive_gating": ("exclusive_gating", {"gate_bias_init": -6.0}, 8.70),
     "exclusive_gating_b7": ("exclusive_gating", {"gate_bias_init": -7.0}, 9.81),
     "shortcut_only_gating": ("shortcut_only_gating", {"gate_bias_init": -6.0}, 6.91),

@@ -29,7 +29,8 @@ EXPERIMENTS = os.path.join(REPO, "experiments")
 # The paper's numbers, written out here independently of the experiment files (He et al. 2016,
 # "Identity Mappings in Deep Residual Networks"; -1: "fail", or no number).
 TABLE1 = {"identity": 6.61, "constant_scaling_plain": -1.0, "constant_scaling": -1.0,
-          "constant_scaling_both": 12.35, "exclusive_gating": 8.70, "exclusive_gating_b7": 9.81,
+          "constant_scaling_both": 12.35, "exclusive_gating_b0": -1.0, "exclusive_gating": 8.70,
+          "exclusive_gating_b7": 9.81,
           "shortcut_only_gating": 6.91, "shortcut_only_gating_b0": 12.86, "conv1x1": 12.22, "dropout": -1.0}
 TABLE2 = {("original", 110): 6.61, ("original", 164): 5.93, ("bn_after_add", 110): 8.17,
           ("bn_after_add", 164): 6.50, ("relu_before_add", 110): 7.84, ("relu_before_add", 164): 6.14,
