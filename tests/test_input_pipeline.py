@@ -222,6 +222,12 @@ def test_normalize_is_x_minus_mean_over_std():
     )
 
 
+def test_cifar_statistics_are_the_official_codes():
+    """fb.resnet.torch's datasets/cifar10.lua and cifar100.lua, each computed on its own train set."""
+    assert augment.MEAN_STD["cifar10"] == ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
+    assert augment.MEAN_STD["cifar100"] == ((129.3, 124.1, 112.4), (68.2, 65.4, 70.4))
+
+
 def test_augment_imports_without_tensorflow():
     code = "import sys; sys.modules['tensorflow'] = None; import resnet_v2_jax.augment"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
