@@ -32,5 +32,7 @@ def get_config(arg="full_preact,164,cifar10"):
     c.model.num_classes = 100 if dataset == "cifar100" else 10
     c.model.unit = unit
     c.model.depth, c.model.block, c.model.shortcut_type = depth, block, shortcut_type
+    if depth == 1001:
+        c.model.stride_on = "1x1"  # resnet-1k-layers, the paper's ResNet-1001 code (experiments/cifar1001.py)
     c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

@@ -43,6 +43,11 @@ TABLE3 = {("original", "110_1layer", "cifar10"): 9.90, ("full_preact", "110_1lay
           ("original", "164", "cifar100"): 25.16, ("full_preact", "164", "cifar100"): 24.33,
           ("original", "1001", "cifar100"): 27.82, ("full_preact", "1001", "cifar100"): 22.71}
 
+TABLE5 = {("original", 152, 224, "scale"): 23.0, ("original", 152, 320, "scale"): 21.3,
+          ("full_preact", 152, 320, "scale"): 21.1, ("original", 200, 320, "scale"): 21.8,
+          ("full_preact", 200, 320, "scale"): 20.7, ("full_preact", 200, 320, "inception"): 20.1,
+          ("original", 101, 224, "scale"): 23.6, ("bn_after_add", 101, 224, "scale"): 24.6}
+
 # (family, depth, block) -> (parameters with 10 classes (1000 for ImageNet), classifier inputs)
 PARAMS = {("cifar", 110, "basic"): (1.73e6, 64), ("cifar", 164, "bottleneck"): (1.70e6, 256),
           ("cifar", 1001, "bottleneck"): (10.33e6, 256), ("imagenet", 50, "bottleneck"): (25.55e6, 2048),
@@ -67,6 +72,8 @@ def all_configs():
             out += [(f"{name}:{u},{d}", name, f"{u},{d}") for u, d in TABLE2]
         elif name == "table3":
             out += [(f"{name}:{','.join(k)}", name, ",".join(k)) for k in TABLE3]
+        elif name == "table5":
+            out += [(f"{name}:{','.join(map(str, k))}", name, ",".join(map(str, k))) for k in TABLE5]
         else:
             out.append((name, name, None))
     return out
@@ -91,11 +98,12 @@ def analyse(config):
 def test_every_experiment_file_is_covered():
     names = {os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(EXPERIMENTS, "*.py"))}
     assert names == {name for _, name, _ in CONFIGS}
-    assert len(names) == 13
+    assert len(names) == 14
     # The variant files list exactly the variants (and paper numbers) written out above.
     assert load("table1_shortcuts").VARIANTS.keys() == TABLE1.keys()
     assert set(load("table2_units").PAPER) == set(TABLE2)
     assert {(n, d) for _, n, d in TABLE3} == set(load("table3").PAPER)
+    assert {k: v[0] for k, v in load("table5").PAPER.items()} == TABLE5
 
 
 @pytest.mark.parametrize("ident, name, arg", CONFIGS, ids=[c[0] for c in CONFIGS])
@@ -150,9 +158,11 @@ def test_resnet1001_follows_fb_resnet_torch_train_lua():
 def test_every_resnet1001_experiment_strides_like_resnet_1k_layers():
     """The paper's ResNet-1001 results (Table 4) come from one code, resnet-1k-layers, which puts a
     transition's stride in its first 1x1 conv (PAPER.md)."""
-    names = [name for name in SINGLE if get_config(name, None).model.depth == 1001]
-    assert sorted(names) == ["cifar1001", "cifar1001_b128", "cifar100_resnet1001"]
-    assert all(get_config(name, None).model.stride_on == "1x1" for name in names)
+    configs = {ident: get_config(name, arg) for ident, name, arg in CONFIGS}
+    deep = sorted(ident for ident, c in configs.items() if c.model.depth == 1001)
+    assert deep == ["cifar1001", "cifar1001_b128", "cifar100_resnet1001", "table3:full_preact,1001,cifar10",
+                    "table3:full_preact,1001,cifar100", "table3:original,1001,cifar10", "table3:original,1001,cifar100"]
+    assert all(configs[ident].model.stride_on == "1x1" for ident in deep)
 
 
 def first_percentage(text):
@@ -185,6 +195,11 @@ def test_variant_paper_error_is_the_papers_table_entry(ident, name, arg):
     elif name == "table2_units":
         unit, depth = arg.split(",")
         expected, table = TABLE2[(unit, int(depth))], "Table 2"
+    elif name == "table5":
+        unit, depth, crop, augment = arg.split(",")
+        expected, table = TABLE5[(unit, int(depth), int(crop), augment)], "Table 5"
+        assert (config.model.unit, config.model.depth, config.imagenet_eval_size, config.imagenet_augment) == (
+            unit, int(depth), int(crop), augment)
     else:
         expected, table = TABLE3[tuple(arg.split(","))], "Table 3"
     assert table in doc
@@ -193,10 +208,11 @@ def test_variant_paper_error_is_the_papers_table_entry(ident, name, arg):
 
 def test_variant_files_reject_unknown_arguments_and_have_documented_defaults():
     for name, bad in (("table1_shortcuts", "nope"), ("table2_units", "full_preact,56"),
-                      ("table3", "original,56,cifar10")):
+                      ("table3", "original,56,cifar10"), ("table5", "full_preact,152,224"), ("table5", "x")):
         with pytest.raises(ValueError, match="unknown"):
             load(name).get_config(bad)
     assert load("table1_shortcuts").get_config().paper_error == TABLE1["exclusive_gating"]
     assert load("table2_units").get_config().paper_error == TABLE2[("full_preact", 164)]
     assert load("table3").get_config().paper_error == TABLE3[("full_preact", "164", "cifar10")]
     assert load("table3").get_config("original").paper_error == TABLE3[("original", "164", "cifar10")]
+    assert load("table5").get_config().paper_error == TABLE5[("original", 200, 320, "scale")]
