@@ -140,8 +140,8 @@ def _fusion_traffic(body: list[tuple[str, str]]) -> tuple[dict[int, int], int | 
     than the whole arrays: ({parameter: bytes}, result bytes or None for the whole result).
 
     A parameter that reaches its uses only through views (dynamic-slice, slice, bitcast, reshape,
-    or the rows a gather takes) is read at the size of the views it is cut to; the buffer a dynamic-update-slice updates in place
-    is not read, and such a result writes only its updates. So a loop body that takes one unit's
+    or the rows a gather takes) is read at the size of the views it is cut to; the buffer a
+    dynamic-update-slice updates in place is not read, and such a result writes only its updates. So a loop body that takes one unit's
     tensors out of a stacked buffer, or stores them into one, counts that unit's bytes."""
     shapes, params, users, root = {}, {}, collections.defaultdict(list), None
     for op, line in body:

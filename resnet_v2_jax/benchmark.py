@@ -238,7 +238,8 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
     Each experiment's training step gets what its real input pipeline hands it. ImageNet: uint8
     pixels that the step colour-augments (while training) and normalises on device. CIFAR with
     `augment_on_device` (the default): a 50,000-image uint8 train set held on the devices and a
-    batch of row indices, gathered, normalised and pad-crop-flipped in the step. Evaluation and the plain Flax baseline get float32 images.
+    batch of row indices, gathered, normalised and pad-crop-flipped in the step. Evaluation and
+    the plain Flax baseline get float32 images.
     """
     t0 = time.perf_counter()
     pixels, colour, rows, device_augment = _inputs(config, eval_mode)

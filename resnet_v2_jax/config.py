@@ -118,8 +118,7 @@ def default() -> ml_collections.ConfigDict:
     c.batch_size = 128  # global, over all devices and hosts
     c.eval_batch_size = 500
     # 0: BN statistics over the global batch; g: over groups of g consecutive examples (the whole
-    # batch when it is g or fewer). The paper's CIFAR runs split batch 128 over 2 GPUs, each with its
-    # own BN: the CIFAR paper experiments set 64 (PAPER_GPUS).
+    # batch when it is g or fewer). The CIFAR experiments set half their batch (PAPER_GPUS).
     c.bn_group_size = 0
     c.num_train_steps = 64000
     c.optimizer = "sgd"
@@ -266,7 +265,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         # A group as large as the batch is the batch (BatchNorm does so). Otherwise a group is part
         # of one device's examples, or whole devices' examples (XLA then sums it across them).
         group = min(config.bn_group_size, config.batch_size)
-        if group and (per_device % group if group <= per_device else group % per_device or config.batch_size % group):
+        if group <= per_device:
+            fits = per_device % group == 0
+        else:
+            fits = group % per_device == 0 and config.batch_size % group == 0
+        if group and not fits:
             raise ValueError(
                 f"bn_group_size={config.bn_group_size} does not divide the per-device batch "
                 f"{per_device} (batch_size {config.batch_size} over {num_devices} devices), nor is it a "

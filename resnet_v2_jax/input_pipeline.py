@@ -309,9 +309,9 @@ class _ImageNetData(Data):
     """imagenet2012: per-process shards streamed, decoded, cropped and mirrored by tf.data.
 
     Batches are uint8: the normalisation, and the recipe's colour augmentation (lighting; jitter
-    too for inception), run on the accelerator (`step._images`). On the host they cost more than the JPEG decode
-    (images per CPU-second ~1070 without them, ~300 with them, BENCHMARKS.md), and floats are
-    4x the bytes to copy and transfer.
+    too for inception), run on the accelerator (`step._images`). On the host they cost more than
+    the JPEG decode (images per CPU-second ~1070 without them, ~300 with them, BENCHMARKS.md), and
+    floats are 4x the bytes to copy and transfer.
     """
 
     def __init__(self, config, builder, process_index: int, process_count: int):

@@ -92,6 +92,21 @@ def test_batch_not_divisible_by_devices(tmp_path):
     assert_usage_error(r, elapsed, workdir, "batch_size=16", "3 devices", "multiple of 3")
 
 
+@pytest.mark.parametrize("group, ok", [(2, True), (4, True), (8, True), (64, True), (3, False), (6, False)])
+def test_bn_groups_may_span_whole_devices_or_exceed_the_batch(group, ok):
+    """Batch 8 on 4 devices (2 each): a group of 2 is one device's, 4 and 8 are whole devices' (XLA
+    sums across them), 64 is the whole batch; 3 splits a device's examples, 6 does not divide the batch."""
+    from resnet_v2_jax import config as config_lib
+
+    c = config_lib.default()
+    c.batch_size, c.eval_batch_size, c.bn_group_size = 8, 8, group
+    if ok:
+        config_lib.validate(c, num_devices=4)
+    else:
+        with pytest.raises(ValueError, match=f"bn_group_size={group} does not divide the per-device batch 2"):
+            config_lib.validate(c, num_devices=4)
+
+
 def test_bn_group_size_not_dividing_per_device_batch(tmp_path):
     workdir = tmp_path / "work"
     r, elapsed = run_main([*TINY, "--config.bn_group_size=5", f"--workdir={workdir}"], tmp_path,
