@@ -265,11 +265,13 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
         # A group as large as the batch is the batch (BatchNorm does so). Otherwise a group is part
         # of one device's examples, or whole devices' examples (XLA then sums it across them).
         group = min(config.bn_group_size, config.batch_size)
-        if group <= per_device:
+        if not group:
+            fits = True
+        elif group <= per_device:
             fits = per_device % group == 0
         else:
             fits = group % per_device == 0 and config.batch_size % group == 0
-        if group and not fits:
+        if not fits:
             raise ValueError(
                 f"bn_group_size={config.bn_group_size} does not divide the per-device batch "
                 f"{per_device} (batch_size {config.batch_size} over {num_devices} devices), nor is it a "

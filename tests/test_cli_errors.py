@@ -92,7 +92,7 @@ def test_batch_not_divisible_by_devices(tmp_path):
     assert_usage_error(r, elapsed, workdir, "batch_size=16", "3 devices", "multiple of 3")
 
 
-@pytest.mark.parametrize("group, ok", [(2, True), (4, True), (8, True), (64, True), (3, False), (6, False)])
+@pytest.mark.parametrize("group, ok", [(0, True), (2, True), (4, True), (8, True), (64, True), (3, False), (6, False)])
 def test_bn_groups_may_span_whole_devices_or_exceed_the_batch(group, ok):
     """Batch 8 on 4 devices (2 each): a group of 2 is one device's, 4 and 8 are whole devices' (XLA
     sums across them), 64 is the whole batch; 3 splits a device's examples, 6 does not divide the batch."""
