@@ -18,5 +18,8 @@ def get_config():
     # XLA compiles it in 36-48 s there and 20 s on 2 CPU cores (10 s scanned). The parameters are
     # the scanned layout's, so checkpoints do not depend on it.
     c.model.scan_unroll = 17
+    # Serial CUDA graphs: concurrent ones (the CIFAR default) ran 15.5 against 14.9 ms a step on one
+    # H200 (bf16, batch 128, 2026-11-27, second run; BENCHMARKS.md).
+    c.xla_flags = config_lib.COMMAND_BUFFERS
     c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

@@ -31,7 +31,10 @@ OPTIMIZERS = ("sgd",)
 NAN_POLICIES = ("stop", "rollback")
 NORMALIZATIONS = ("channel", "pixel_mean")
 IMAGENET_AUGMENTS = ("scale", "inception")
-CIFAR_XLA_FLAGS = "--xla_gpu_enable_command_buffer=+CONVOLUTION,+WHILE,+CONDITIONAL"
+# CUDA graphs through convolutions and loops (default()'s comment says why the CIFAR family wants them).
+COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer=+CONVOLUTION,+WHILE,+CONDITIONAL"
+# ... whose independent kernels may run concurrently (XLA's default order serialises them).
+CIFAR_XLA_FLAGS = f"{COMMAND_BUFFERS} --xla_gpu_command_buffer_scheduling_mode=CONCURRENT"
 # The paper's CIFAR runs used 2 GPUs, each with its own BN statistics over its half of the batch
 # (PAPER.md: "batch 128 on 2 GPUs (64 per GPU, so BN statistics over 64 images)"; resnet-1k-layers
 # runs ResNet-1001 at batch 64 with -nGPU 2). The CIFAR experiments set
@@ -89,14 +92,16 @@ def default() -> ml_collections.ConfigDict:
     m.remat_policy = "conv"
     # BN-ReLU's backward recomputes its ReLU mask from the saved input instead of letting XLA store the
     # forward's: XLA's count for an H200 says ResNet-50 at batch 256 then moves 79.4 instead of 85.9 GB
-    # a step and allocates 9.0 instead of 11.0 GiB, for 98 more kernels (BENCHMARKS.md). A lever for
-    # steps bound by memory traffic (ImageNet), not by kernel count (CIFAR); not yet timed on a GPU.
+    # a step and allocates 9.0 instead of 11.0 GiB, for 98 more kernels (BENCHMARKS.md). Timed on one
+    # H200 (2026-11-27): ResNet-50 35.0 against 35.2 ms a step, within the noise, so a memory lever.
     m.bn_recompute_mask = False
     # BN's forward sums each channel in one kernel of 16-32 partial sums, which the kernel computing
     # the per-channel factors adds up, instead of XLA's two reduction kernels: XLA's count for an
     # H200 says 11% fewer kernels for ResNet-110 (1,295 -> 1,150) and 9% for ResNet-164, whose steps
     # are kernel-bound there. The kernels removed are small ones, and the first pass then runs on
-    # 16-32 thread blocks where XLA uses 128-256: off until a GPU has timed it (BENCHMARKS.md).
+    # 16-32 thread blocks where XLA uses 128-256. Timed on one H200 with serial CUDA graphs
+    # (2026-11-27, BENCHMARKS.md): ResNet-1001 +9.5%, ResNet-110 -8%, ResNet-164 -3%, ResNet-50 -2%;
+    # with concurrent graphs ResNet-110 the same. Off.
     m.bn_partial_sums = False
     m.zero_init_last = False  # zero-init each unit's last layer (timm option; not the paper's)
 
@@ -150,7 +155,10 @@ def default() -> ml_collections.ConfigDict:
     # GPU; command buffers (CUDA graphs) through convolutions and loops replay them as a few graphs.
     # On one H200 (bf16, 2026-11-27, BENCHMARKS.md) they took ResNet-110 from 15.5 to 10.7 ms,
     # ResNet-164 (unrolled) from 21.1 to 13.8 ms and ResNet-1001 from 70.1 to 66.0 ms a step; the
-    # GPU-bound ImageNet ResNet-50 lost 8% with them, so imagenet() clears this.
+    # GPU-bound ImageNet ResNet-50 lost 8% with them, so imagenet() clears this. Letting the graphs
+    # run independent kernels concurrently then took ResNet-110 from 10.2 to 8.3 ms and ResNet-1001
+    # from 65.0 to 51.8 ms (same H200, second run); ResNet-164 went from 14.9 to 15.5 ms, so
+    # experiments/cifar10_resnet164.py keeps the serial graphs.
     c.xla_flags = CIFAR_XLA_FLAGS
     return c
 

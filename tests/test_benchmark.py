@@ -576,7 +576,8 @@ def test_an_xla_without_the_profiling_flag_profiles_without_it():
     assert p.returncode == 0, p.stderr
     (r,) = json_lines(p.stdout)
     ran = r["xla_flags"].split()
-    assert config_lib.CIFAR_XLA_FLAGS in ran and not any("during_profiling" in f for f in ran) and "profile" in r
+    assert set(config_lib.CIFAR_XLA_FLAGS.split()) <= set(ran) and not any("during_profiling" in f for f in ran)
+    assert "profile" in r
 
 
 def test_distinct_batches_are_the_batch_rolled_into_buffers_of_their_own():
