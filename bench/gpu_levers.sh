@@ -2,7 +2,8 @@
 # The second GPU call, after bench/gpu_compare.sh on the same warm machine: the levers not yet
 # measured, most promising first, and the memory goals. Same set-up and carry as gpu_compare.sh:
 #   run(command="DEADLINE_S=270 bash bench/gpu_levers.sh", carry=[".whl", ".bench"], timeout_s=300)
-# (The 2026-11-26 second call, bench/gpu_2026-11-26/levers/, ran this file as committed in 083b0e4.)
+# (The 2026-11-26 second call, bench/gpu_2026-11-26/levers/, ran this file as committed in 083b0e4;
+# bench/gpu_2026-11-27b/levers/ ran it as committed in c7319cd, with DEADLINE_S=345.)
 # Plumbing check without a GPU:
 #   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" DEADLINE_S=900 bash bench/gpu_levers.sh
 # (the cifar1001_b128 line fails at batch 8, whose BN groups are 64 images).
@@ -10,15 +11,20 @@
 source "$(dirname "$0")/gpu_lib.sh"
 CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; print(CIFAR_XLA_FLAGS)")
 
-# 1. With command buffers the CIFAR steps are GPU-bound at 6-8 us a kernel (2026-11-27), 7-8% short
-#    of the ResNet-110/164 goals. CUDA graphs whose independent commands may run concurrently (a DAG,
-#    not XLA's default "LHS" order, which serialises them): the backward's weight-gradient
-#    convolutions are off the critical path. Reported elsewhere to cost ~2x peak memory (0.7-5 GiB here).
-CONC="--config.xla_flags=$CIFAR_FLAGS --xla_gpu_command_buffer_scheduling_mode=CONCURRENT"  # quoted in --also=
-ours 200 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$CONC" \
-  "--also=--config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 '$CONC' --config.model.bn_partial_sums=True" \
-  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 '$CONC'" \
-  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 '$CONC'"
+# 1. Concurrent CUDA graphs (config.CIFAR_XLA_FLAGS since 2026-11-27, second run) took ResNet-110
+#    to 8.3 ms and ResNet-1001 to 51.8 ms a step, and left every CIFAR step's call as long as the
+#    step (dispatch_ms = step_ms). Still short: ResNet-1001 (1,236 img/s against 1,500) and
+#    ResNet-164 (8,575 against 10,000, serial graphs). Here: ResNet-1001 profiled, then with BN
+#    partial sums (+9.5% with serial graphs, untimed with concurrent ones) and with 20 units per loop
+#    iteration; ResNet-164 under concurrent graphs scanned (one unit per iteration) and with BN
+#    partial sums; the serial-graph ResNet-110 as the same process's reference.
+SERIAL="--config.xla_flags=$(python3 -c "from resnet_v2_jax.config import COMMAND_BUFFERS; print(COMMAND_BUFFERS)")"
+ours 240 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --profile_steps=3 \
+  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.bn_partial_sums=True" \
+  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.scan_unroll=20" \
+  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.scan_unroll=1 '--config.xla_flags=$CIFAR_FLAGS'" \
+  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.bn_partial_sums=True '--config.xla_flags=$CIFAR_FLAGS'"
+ours 90 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$SERIAL"
 # 2. ResNet-50 (GPU-bound, 7,043 img/s against 9,000): its kernels' time (profile), the backward
 #    recomputing BN-ReLU's masks (79.4 instead of 85.9 GB a step in XLA's count), XLA's experimental
 #    cuDNN fusions of convolutions with their elementwise neighbours (fewer passes over the
