@@ -236,12 +236,35 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.shortcut_dropout={model.shortcut_dropout!r} must be in [0, 1)")
 
 
+# The first jaxlib whose XLA knows each flag the configs set that older ones do not (found by
+# searching the jaxlib wheels' libraries for the name; setup.cfg's jax floor covers them all).
+XLA_FLAG_MIN_JAXLIB = {"--xla_gpu_command_buffer_scheduling_mode": (0, 7, 1)}
+
+
+def _jaxlib_version() -> tuple[int, ...] | None:
+    from importlib import metadata
+
+    try:
+        return tuple(int(p) for p in metadata.version("jaxlib").split(".")[:3] if p.isdigit())
+    except metadata.PackageNotFoundError:
+        return None
+
+
 def validate_xla_flags(xla_flags: str) -> None:
-    """XLA aborts the process (a C++ fatal error) on a malformed $XLA_FLAGS: reject it here instead."""
+    """XLA aborts the process (a C++ fatal error) on a malformed $XLA_FLAGS or a flag it does not
+    know: reject both here instead, with what to do."""
     bad = [flag for flag in xla_flags.split() if not flag.startswith("--xla_")]
     if bad:
         raise ValueError(f"xla_flags={xla_flags!r}: {bad[0]!r} is not an XLA flag (--xla_...); "
                          "separate flags with spaces")
+    have = _jaxlib_version()
+    for flag in xla_flags.split():
+        need = XLA_FLAG_MIN_JAXLIB.get(flag.split("=")[0])
+        if have and need and have < need:
+            raise ValueError(
+                f"xla_flags: {flag} needs jaxlib >= {'.'.join(map(str, need))} (installed: "
+                f"{'.'.join(map(str, have))}), whose XLA would abort on it; upgrade jax and jaxlib, or "
+                f"leave the flag out (--config.xla_flags=...)")
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) -> None:

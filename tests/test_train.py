@@ -9,6 +9,7 @@ width 0.25) so compile time, not training, dominates.
 
 from __future__ import annotations
 
+import configparser
 import json
 import logging
 import math
@@ -260,6 +261,21 @@ def test_a_second_run_loads_its_steps_from_the_compilation_cache(tmp_path):
     mine = "--xla_gpu_enable_command_buffer=FUSION"
     third = run("off", "third", xla_flags=mine)  # the user's command buffers, the config's scheduling mode
     assert third["hits"] == 0 and third["xla_flags"] == f"{mine} --xla_gpu_command_buffer_scheduling_mode=CONCURRENT"
+
+
+def test_a_flag_older_jaxlibs_do_not_know_is_refused_with_the_version_it_needs(monkeypatch):
+    """XLA aborts the process on a flag it does not know: on jaxlib 0.7.0 the CIFAR configs' concurrent
+    CUDA graphs would, so validate names the jaxlib they need. setup.cfg's jax floor covers them."""
+    config_lib.validate_xla_flags(config_lib.CIFAR_XLA_FLAGS)  # the installed jaxlib knows it
+    monkeypatch.setattr(config_lib, "_jaxlib_version", lambda: (0, 7, 0))
+    with pytest.raises(ValueError, match=r"--xla_gpu_command_buffer_scheduling_mode=CONCURRENT needs "
+                                         r"jaxlib >= 0\.7\.1 \(installed: 0\.7\.0\)"):
+        config_lib.validate_xla_flags(config_lib.CIFAR_XLA_FLAGS)
+    config_lib.validate_xla_flags(config_lib.COMMAND_BUFFERS)  # known since before 0.6
+    cfg = configparser.ConfigParser()
+    cfg.read(os.path.join(REPO, "setup.cfg"))
+    (floor,) = [r.split(">=")[1] for r in cfg["options"]["install_requires"].split() if r.startswith("jax>=")]
+    assert tuple(int(p) for p in floor.split(".")) >= max(config_lib.XLA_FLAG_MIN_JAXLIB.values())
 
 
 def test_xla_flags_after_jax_started_are_reported_not_applied(monkeypatch, caplog):
