@@ -26,6 +26,10 @@ if ! XLA_FLAGS="${XLA_FLAGS:-} --xla_enable_command_buffers_during_profiling=tru
 fi
 cat "$OUT/gpu.txt"
 
+xla_knows() {  # xla_knows FLAG: whether this XLA starts with FLAG (it aborts on a flag or value it does not know)
+  XLA_FLAGS="$1" timeout 60 python3 -c "import jax; jax.devices()" >/dev/null 2>&1
+}
+
 DEADLINE=${DEADLINE_S:-450}  # seconds for everything below: the whole call stays under 8 minutes
 budget() {  # budget WANTED: the seconds this command may take, 0 when the deadline leaves under 20
   local left=$((DEADLINE - SECONDS)); [ "$left" -lt 20 ] && { echo 0; return; }

@@ -410,15 +410,19 @@ def format_result(r: dict) -> str:
         return head
     peak = f" ({100 * r['peak_fraction']:.1f}% of peak)" if r["peak_fraction"] is not None else ""
     prof = r.get("profile")
+    host = ""
+    if prof and prof.get("host_top"):  # where the host's time per step call goes (nested: inclusive)
+        host = "\n  host, per step (inclusive): " + ", ".join(
+            f"{e['name'][:60]} {e['ms']:.2f} ms ({e['count']:g})" for e in prof["host_top"][:6])
     if prof and prof.get("busy_ms") is not None:
         cats = ", ".join(f"{k} {v['ms']:.2f} ms ({v['count']:g})" for k, v in prof["by_category"].items())
         durations = ", ".join(f"{k} {v['ms']:.2f} ms ({v['count']:g})" for k, v in prof["by_duration"].items())
         prof = (f"\n  device, per step: busy {prof['busy_ms']:.2f} ms, idle {prof['idle_ms']:.2f} ms, "
-                f"{prof['kernels_per_step']:g} kernels: {cats}\n  kernels by duration: {durations}")
+                f"{prof['kernels_per_step']:g} kernels: {cats}\n  kernels by duration: {durations}{host}")
     elif prof and "error" in prof:
         prof = f"\n  profile failed: {prof['error']}"
     elif prof:
-        prof = f"\n  profile: no device events (processes: {', '.join(prof['processes'])})"
+        prof = f"\n  profile: no device events (processes: {', '.join(prof['processes'])}){host}"
     return (f"{head}, first step {r['first_step_s']:.3f} s\n"
             f"  step {r['step_ms']:.2f} ms median (min {r['step_ms_min']:.2f}, max {r['step_ms_max']:.2f}; "
             f"{r['steps']} steps after {r['warmup']} warm-up; host dispatch {_ms(r['dispatch_ms'])})\n"

@@ -76,12 +76,26 @@ def _union_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
+def host_top(events: list[dict], steps: int, top: int) -> list[dict]:
+    """The host's events by name, per step, longest first: where a step call's host time goes
+    (`dispatch_ms`), such as updating CUDA graphs before launching them. Events nest (an executor
+    holds the thunks it runs), so each name's time includes the names inside it. The Python tracer's
+    events (names starting with "$", such as this benchmark's own loop) are left out by the caller."""
+    by_name = collections.defaultdict(lambda: [0.0, 0])
+    for e in events:
+        by_name[e["name"]][0] += float(e["dur"])
+        by_name[e["name"]][1] += 1
+    return [{"name": k[:120], "ms": round(v[0] / (1e3 * steps), 3), "count": round(v[1] / steps, 1)}
+            for k, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]]
+
+
 def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
     """Per-step device time of a trace covering `steps` steps (milliseconds, counts per step).
 
     `busy_ms`: time at least one kernel ran (overlaps counted once); `span_ms`: first kernel start to
     last kernel end; `idle_ms` = span - busy, the gaps; `kernel_ms`: the kernels' summed durations;
-    `by_duration`: the kernels by how long each ran (`DURATION_BINS_US`).
+    `by_duration`: the kernels by how long each ran (`DURATION_BINS_US`); `host_top`: the host's
+    events by name (`host_top`), also where the trace holds no device events (a CPU).
     """
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     processes = {e["pid"]: str((e.get("args") or {}).get("name", "")) for e in events
@@ -100,7 +114,10 @@ def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
     kernels = [e for e in events if e.get("ph") == "X" and "dur" in e and is_kernel(e)]
     # The trace's process and device thread names say where to look when the numbers look wrong.
     out = {"steps": steps, "device_events": len(kernels), "processes": sorted(set(processes.values())),
-           "device_threads": sorted(set(threads.values()))}
+           "device_threads": sorted(set(threads.values())),
+           "host_top": host_top([e for e in events if e.get("ph") == "X" and "dur" in e
+                                 and e.get("pid") not in devices
+                                 and not str(e.get("name", "")).startswith("$")], steps, top)}
     if not kernels:
         return out
     spans = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kernels]
