@@ -15,16 +15,15 @@ CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; prin
 #    to 8.3 ms and ResNet-1001 to 51.8 ms a step, and left every CIFAR step's call as long as the
 #    step (dispatch_ms = step_ms). Still short: ResNet-1001 (1,236 img/s against 1,500) and
 #    ResNet-164 (8,575 against 10,000, serial graphs). Here: ResNet-1001 profiled, then with BN
-#    partial sums (+9.5% with serial graphs, untimed with concurrent ones) and with 20 units per loop
-#    iteration; ResNet-164 under concurrent graphs scanned (one unit per iteration) and with BN
-#    partial sums; the serial-graph ResNet-110 as the same process's reference.
+#    partial sums (+9.5% with serial graphs, untimed with concurrent ones); ResNet-164 under
+#    concurrent graphs scanned (one unit per iteration) and with BN partial sums. (On 2026-11-27 a
+#    process of six such runs took 251 s; more units per loop iteration, which compile for minutes,
+#    wait: XLA counts ~3% of ResNet-1001's kernels in its loops.)
 SERIAL="--config.xla_flags=$(python3 -c "from resnet_v2_jax.config import COMMAND_BUFFERS; print(COMMAND_BUFFERS)")"
 ours 240 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --profile_steps=3 \
   "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.bn_partial_sums=True" \
-  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.scan_unroll=20" \
   "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.scan_unroll=1 '--config.xla_flags=$CIFAR_FLAGS'" \
   "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.bn_partial_sums=True '--config.xla_flags=$CIFAR_FLAGS'"
-ours 90 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$SERIAL"
 #    With concurrent graphs the step call lasts as long as the step (dispatch 8.0 of 8.3 ms for
 #    ResNet-110): if that is XLA updating the graphs' buffer addresses before each launch (the profiles
 #    above list the host's events, `host_top`), update-free graphs remove it. XLA's mode names changed
@@ -34,34 +33,35 @@ for mode in SKIP_PROFILED SKIP_TEMP NEVER_UPDATE; do
   if xla_knows "--xla_gpu_command_buffer_update_mode=$mode"; then
     UPD="--config.xla_flags=$CIFAR_FLAGS --xla_gpu_command_buffer_update_mode=$mode"
     ours 180 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --profile_steps=3 "$UPD" \
+      "--also=--config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --distinct_batches=2 '$UPD'" \
       "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 '$UPD'"
     break
   fi
   echo "this XLA does not take --xla_gpu_command_buffer_update_mode=$mode" | tee -a "$OUT/log.txt"
 done
-# 2. ResNet-50 (GPU-bound, 7,043 img/s against 9,000): its kernels' time (profile), the backward
-#    recomputing BN-ReLU's masks (79.4 instead of 85.9 GB a step in XLA's count), XLA's experimental
-#    cuDNN fusions of convolutions with their elementwise neighbours (fewer passes over the
-#    activations), the latency-hiding scheduler, the step without the on-device colour jitter
-#    (input "uint8": normalisation only, the closest match to the peers' float batches), and BN
-#    partial sums (26 fewer kernels of 888, the same bytes, in XLA's count).
-ours 150 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --profile_steps=3 \
-  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_recompute_mask=True" \
-  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.augment=False" \
-  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_partial_sums=True"
+#    Then ResNet-110 fed two batches in turn (--distinct_batches=2), as training feeds a new one each
+#    step: what updating the CUDA graphs' input addresses costs a call (concurrent graphs).
+ours 90 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --distinct_batches=2
+# 2. ResNet-50 with XLA's experimental cuDNN fusions of convolutions with their elementwise
+#    neighbours (fewer passes over the activations; cut by the deadline on 2026-11-27) and with the
+#    latency-hiding scheduler; then the serial-graph ResNet-110, this call's reference for item 1.
 ours 90 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
   --config.xla_flags=--xla_gpu_experimental_enable_conv_fusion=true
 ours 60 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
   --config.xla_flags=--xla_gpu_enable_latency_hiding_scheduler=true
-#    Then ResNet-110 fed two batches in turn (--distinct_batches=2), as training feeds a new one each
-#    step: what updating the CUDA graphs' input addresses costs a call, with and without BN partial sums.
-ours 120 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --distinct_batches=2 \
-  "--also=--config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --distinct_batches=2 --config.model.bn_partial_sums=True"
-# 3. The memory goals (met 2026-11-26 with the earlier BN: 20.7 and 31.5 GiB; XLA's allocation now
+ours 90 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$SERIAL"
+# 3. ResNet-50 (GPU-bound, 7,157 img/s against 9,000) as timed on 2026-11-27, second run, once more:
+#    its kernels' time (profile), the backward recomputing BN-ReLU's masks (same speed, 2 GiB less),
+#    the step without the on-device colour ops, and BN partial sums (-2%).
+ours 150 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --profile_steps=3 \
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_recompute_mask=True" \
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.augment=False" \
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_partial_sums=True"
+# 4. The memory goals (met 2026-11-26 with the earlier BN: 20.7 and 31.5 GiB; XLA's allocation now
 #    says 9.5 and 15.5): one process each, since the device's peak is the process's.
 ours 90  --config=experiments/cifar1001_b128.py --config.batch_size=128 --steps=10 --warmup=2
 ours 120 --config=experiments/imagenet_resnet200.py --config.batch_size=128 --steps=10 --warmup=2
-# 4. The rest, if the deadline leaves time: the plain Flax CIFAR baselines with our command buffers
+# 5. The rest, if the deadline leaves time: the plain Flax CIFAR baselines with our command buffers
 #    (how much of our lead is the flag), ResNet-164 scanned, remat on ResNet-1001, torch.compile on
 #    ResNet-110, the peers at batch 128, ResNet-1001's compile cold then warm from the persistent cache.
 ours 150 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --baseline \
