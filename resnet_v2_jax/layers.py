@@ -208,16 +208,27 @@ def _max_pool_fwd(x, window, stride, padding):
 
 
 def _max_pool_bwd(window, stride, padding, res, g):
+    """Each input element gathers its 1 to 4 window shares, phase by phase, instead of adding up nine
+    strided scatters of the whole grid: the padded grid's rows P = stride * q + r (phase r) take
+    share a = r + stride * j from output row q - j, so a phase is a sum of shifted (not strided)
+    shares, and the phases interleave by a reshape. Same sums in the same order (a ascending)."""
     first, (n, h, w, c) = res
-    hp, wp = h + 2 * padding, w + 2 * padding
     ho, wo = g.shape[1], g.shape[2]
-    dxp = jnp.zeros((n, hp, wp, c), jnp.float32)
-    for k in range(window * window):  # each window element's share, strided back onto the padded grid
-        a, b = divmod(k, window)
-        part = jnp.where(first == k, g.astype(jnp.float32), 0.0)
-        dxp = dxp + jax.lax.pad(part, jnp.float32(0), (
-            (0, 0, 0), (a, hp - a - stride * (ho - 1) - 1, stride - 1), (b, wp - b - stride * (wo - 1) - 1, stride - 1),
-            (0, 0, 0)))
+    qh, qw = -(-(h + 2 * padding) // stride), -(-(w + 2 * padding) // stride)
+    g32, zero = g.astype(jnp.float32), jnp.float32(0)
+    rows = []
+    for r in range(stride):
+        cols = []
+        for s in range(stride):
+            acc = jnp.zeros((n, qh, qw, c), jnp.float32)
+            for j in range(-(-(window - r) // stride)):
+                for i in range(-(-(window - s) // stride)):
+                    part = jnp.where(first == (r + stride * j) * window + s + stride * i, g32, zero)
+                    acc = acc + jax.lax.pad(part, zero, ((0, 0, 0), (j, qh - ho - j, 0), (i, qw - wo - i, 0),
+                                                         (0, 0, 0)))
+            cols.append(acc)
+        rows.append(jnp.stack(cols, axis=3))  # (n, qh, qw, stride, c): column phases
+    dxp = jnp.stack(rows, axis=2).reshape(n, qh * stride, qw * stride, c)  # (n, qh, r, qw, s, c) interleaved
     return (dxp[:, padding:padding + h, padding:padding + w].astype(g.dtype),)
 
 

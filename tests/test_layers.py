@@ -154,16 +154,21 @@ def test_batchnorm_module_fuses_relu_and_keeps_running_statistics():
     np.testing.assert_array_equal(np.asarray(e1), np.asarray(jax.nn.relu(e2)))
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("shape", [(2, 112, 112, 8), (3, 7, 7, 4), (2, 8, 9, 3)])
-def test_max_pool_is_nn_max_pool_and_its_gradient_exactly_ties_included(shape, dtype):
+STEM_POOL = [(shape, dtype, 3, 2, 1) for shape in [(2, 112, 112, 8), (3, 7, 7, 4), (2, 8, 9, 3)]
+             for dtype in [jnp.float32, jnp.bfloat16]]
+OTHER_POOLS = [((2, 8, 9, 3), jnp.float32, *geometry) for geometry in [(3, 1, 1), (2, 2, 0), (3, 3, 0), (2, 3, 1)]]
+
+
+@pytest.mark.parametrize("shape,dtype,window,stride,padding", STEM_POOL + OTHER_POOLS)
+def test_max_pool_is_nn_max_pool_and_its_gradient_exactly_ties_included(shape, dtype, window, stride, padding):
     """The ImageNet stem's pool follows BN-ReLU, so windows of equal values (zeros) are common: the
-    gradient must go to the same element as jax.grad of nn.max_pool gives it (the first maximum)."""
+    gradient must go to the same element as jax.grad of nn.max_pool gives it (the first maximum).
+    Other geometries check the backward's phases: overlapping windows, none, and gaps (2, 3, 1)."""
     def reference(x):
-        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1)] * 2)
+        return nn.max_pool(x, (window, window), strides=(stride, stride), padding=[(padding, padding)] * 2)
 
     def ours(x):
-        return layers.max_pool(x, 3, 2, 1)
+        return layers.max_pool(x, window, stride, padding)
 
     x = jax.nn.relu(jax.random.normal(jax.random.PRNGKey(0), shape))
     x = x.at[:, ::3].set(1.0).astype(dtype)  # ties at a nonzero value too
