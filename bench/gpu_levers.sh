@@ -24,7 +24,17 @@ ours 240 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --w
   "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.bn_partial_sums=True" \
   "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.scan_unroll=1 '--config.xla_flags=$CIFAR_FLAGS'" \
   "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.bn_partial_sums=True '--config.xla_flags=$CIFAR_FLAGS'"
-#    With concurrent graphs the step call lasts as long as the step (dispatch 8.0 of 8.3 ms for
+# 2. ResNet-50 (GPU-bound, 7,157 img/s against 9,000 on 2026-11-27, second run), profiled as now
+#    configured: the max pool's backward as a phase-by-phase gather (session 12; the old one was a
+#    1.26 ms kernel, ~0.45 TB/s, in that run's profile), then the stem computed on 2x2 blocks of the
+#    image (`model.stem_space_to_depth`: its 7x7 convolution on 3 channels took 1.5 ms forward and
+#    0.9 ms for the weight gradient), the same with BN-ReLU's masks recomputed (same speed, 2 GiB
+#    less on 2026-11-27), and without the on-device colour ops (+0.2% then).
+ours 150 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --profile_steps=3 \
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --profile_steps=3 --config.model.stem_space_to_depth=True" \
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.stem_space_to_depth=True --config.model.bn_recompute_mask=True" \
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.augment=False"
+# 3. With concurrent graphs the step call lasts as long as the step (dispatch 8.0 of 8.3 ms for
 #    ResNet-110): if that is XLA updating the graphs' buffer addresses before each launch (the profiles
 #    above list the host's events, `host_top`), update-free graphs remove it. XLA's mode names changed
 #    over 2026 (0.10.2 knows NEVER_UPDATE and CAPTURE_CMD_NEVER_UPDATE; later XLA SKIP_TEMP and
@@ -42,26 +52,19 @@ done
 #    Then ResNet-110 fed two batches in turn (--distinct_batches=2), as training feeds a new one each
 #    step: what updating the CUDA graphs' input addresses costs a call (concurrent graphs).
 ours 90 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --distinct_batches=2
-# 2. ResNet-50 with XLA's experimental cuDNN fusions of convolutions with their elementwise
+# 4. ResNet-50 with XLA's experimental cuDNN fusions of convolutions with their elementwise
 #    neighbours (fewer passes over the activations; cut by the deadline on 2026-11-27) and with the
-#    latency-hiding scheduler; then the serial-graph ResNet-110, this call's reference for item 1.
+#    latency-hiding scheduler; then the serial-graph ResNet-110, this call's reference for items 1, 3.
 ours 90 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
   --config.xla_flags=--xla_gpu_experimental_enable_conv_fusion=true
 ours 60 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
   --config.xla_flags=--xla_gpu_enable_latency_hiding_scheduler=true
 ours 90 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 "$SERIAL"
-# 3. ResNet-50 (GPU-bound, 7,157 img/s against 9,000) as timed on 2026-11-27, second run, once more:
-#    its kernels' time (profile), the backward recomputing BN-ReLU's masks (same speed, 2 GiB less),
-#    the step without the on-device colour ops, and BN partial sums (-2%).
-ours 150 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --profile_steps=3 \
-  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_recompute_mask=True" \
-  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.augment=False" \
-  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_partial_sums=True"
-# 4. The memory goals (met 2026-11-26 with the earlier BN: 20.7 and 31.5 GiB; XLA's allocation now
+# 5. The memory goals (met 2026-11-26 with the earlier BN: 20.7 and 31.5 GiB; XLA's allocation now
 #    says 9.5 and 15.5): one process each, since the device's peak is the process's.
 ours 90  --config=experiments/cifar1001_b128.py --config.batch_size=128 --steps=10 --warmup=2
 ours 120 --config=experiments/imagenet_resnet200.py --config.batch_size=128 --steps=10 --warmup=2
-# 5. The rest, if the deadline leaves time: the plain Flax CIFAR baselines with our command buffers
+# 6. The rest, if the deadline leaves time: the plain Flax CIFAR baselines with our command buffers
 #    (how much of our lead is the flag), ResNet-164 scanned, remat on ResNet-1001, torch.compile on
 #    ResNet-110, the peers at batch 128, ResNet-1001's compile cold then warm from the persistent cache.
 ours 150 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --baseline \

@@ -27,7 +27,8 @@ class CheckpointMismatch(ValueError):
 # How the step is compiled, not what it computes: the parameter layout is the same under each and the
 # numbers agree to float rounding (tests/test_networks.py, tests/test_layers.py), so a checkpoint
 # resumes under any of them, e.g. unrolled on a GPU after a scanned start on a CPU.
-COMPILE_ONLY_FIELDS = ("scan", "scan_unroll", "remat", "remat_policy", "bn_recompute_mask", "bn_partial_sums")
+COMPILE_ONLY_FIELDS = ("scan", "scan_unroll", "remat", "remat_policy", "bn_recompute_mask", "bn_partial_sums",
+                       "stem_space_to_depth")
 
 
 def _without_compile_only(fp: dict) -> dict:

@@ -19,7 +19,14 @@ import jax.numpy as jnp
 import ml_collections
 
 from resnet_v2_jax import config as config_lib
-from resnet_v2_jax.layers import BatchNorm, conv_init, dense_init, max_pool, scan_friendly_conv
+from resnet_v2_jax.layers import (
+    BatchNorm,
+    conv_init,
+    dense_init,
+    max_pool,
+    scan_friendly_conv,
+    space_to_depth_conv,
+)
 from resnet_v2_jax.units import ORDERS, ResidualUnit, apply_ops
 
 REMAT_POLICIES = {
@@ -63,6 +70,7 @@ class ResNet(nn.Module):
     bn_group_size: int = 0
     bn_recompute_mask: bool = False
     bn_partial_sums: bool = False
+    stem_space_to_depth: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = True):
@@ -78,7 +86,8 @@ class ResNet(nn.Module):
         if self.family == "cifar":
             x = conv(base, (3, 3), padding=[(1, 1)] * 2, name="conv1")(x)
         else:
-            x = conv(base, (7, 7), strides=2, padding=[(3, 3)] * 2, name="conv1")(x)
+            x = conv(base, (7, 7), strides=2, padding=[(3, 3)] * 2, name="conv1",
+                     **({"conv_general_dilated": space_to_depth_conv} if self.stem_space_to_depth else {}))(x)
         x = apply_ops(order.end + order.post, x, norm, name="conv1_bn")  # conv1 as a unit's last conv
         if self.family == "imagenet":
             x = max_pool(x, 3, 2, 1)
@@ -146,6 +155,7 @@ def build(model: ml_collections.ConfigDict, bn_group_size: int = 0) -> ResNet:
         bn_group_size=bn_group_size,
         bn_recompute_mask=model.bn_recompute_mask,
         bn_partial_sums=model.bn_partial_sums,
+        stem_space_to_depth=model.stem_space_to_depth,
     )
 
 

@@ -4,6 +4,8 @@ worth having: fewer saved tensors, fewer kernels, fewer bytes)."""
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -191,3 +193,36 @@ def test_max_pool_gradient_saves_an_int8_window_index_and_scatters_nothing(capsy
         lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=[(1, 1)] * 2).astype(jnp.float32).sum()))(x))
     residuals = saved(lambda x: layers.max_pool(x, 3, 2, 1).astype(jnp.float32).sum(), x, capsys=capsys)
     assert len(residuals) == 1 and "i8[2,4,4,4]" in residuals[0], residuals  # 1 byte an output
+
+
+@pytest.mark.parametrize("size,kernel,padding", [(224, 7, 3), (31, 7, 3), (15, 5, 2), (12, 4, 0), (5, 3, 1), (8, 7, 3)])
+def test_space_to_depth_conv_is_the_strided_conv_forward_and_weight_gradient(size, kernel, padding):
+    """Odd sizes and kernels, padding that is odd or even: the blocked stride-1 convolution gives the
+    stride-2 one's output and weight gradient (float32 rounding), and only its own conv is traced."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, 3))
+    w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 3, 8))
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def strided(w):
+        return jax.lax.conv_general_dilated(x, w, (2, 2), [(padding, padding)] * 2, dimension_numbers=dn)
+
+    def blocked(w):
+        return layers.space_to_depth_conv(x, w, (2, 2), [(padding, padding)] * 2, dimension_numbers=dn)
+
+    y, y_ref = blocked(w), strided(w)
+    assert y.shape == y_ref.shape
+    np.testing.assert_allclose(np.asarray(y), np.asarray(y_ref), rtol=1e-5, atol=1e-4)
+    g, g_ref = (jax.grad(lambda w, f=f: (f(w) ** 2).sum())(w) for f in (blocked, strided))
+    np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-5 * float(jnp.abs(g_ref).max()))
+    jaxpr = str(jax.make_jaxpr(blocked)(w))
+    assert jaxpr.count("conv_general_dilated") == 1 and "window_strides=(1, 1)" in jaxpr
+
+
+def test_space_to_depth_conv_leaves_other_geometries_to_the_plain_conv():
+    x, w = jnp.ones((1, 11, 11, 3)), jnp.ones((6, 6, 3, 4))
+    dn = ("NHWC", "HWIO", "NHWC")
+    for strides, padding in [((1, 1), [(1, 1)] * 2), ((2, 2), [(1, 2)] * 2), ((2, 2), [(2, 2)] * 2)]:
+        conv = functools.partial(layers.space_to_depth_conv, x, window_strides=strides, padding=padding,
+                                 dimension_numbers=dn)
+        jaxpr = str(jax.make_jaxpr(conv)(w))
+        assert f"window_strides={strides}" in jaxpr, (strides, padding)

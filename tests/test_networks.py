@@ -633,3 +633,28 @@ def test_shortcut_types_b_and_c_count_projections(family, depth, block, stage_si
     assert all(p.split("/")[0].endswith("_unit1") for p in _projection_kernels(pb))
     # C: every unit.
     assert n_projections(pc) == sum(stage_sizes)
+
+
+def test_stem_space_to_depth_changes_no_number_and_blocks_the_input():
+    """config.model.stem_space_to_depth computes the ImageNet stem's 7x7 stride-2 convolution as a
+    4x4 stride-1 one on 2x2 blocks of the image (12 channels), with the same parameters: loss and
+    gradients stay the same (float32 rounding), and the traced program holds the blocked conv."""
+    cfg = model_config(family="imagenet", depth=18, width=0.25)
+    model = networks.build(cfg)
+    cfg2 = cfg.copy_and_resolve_references()
+    cfg2.stem_space_to_depth = True
+    blocked = networks.build(cfg2)
+    # 64x64: at 32x32 the last stage's BN would be over 4 values, which turns float rounding into 1e-4
+    variables, x = random_variables(model, image=64), images(size=64)
+    assert jax.tree.structure(abstract_variables(blocked, 64)) == jax.tree.structure(variables)
+    loss0, grads0 = _loss_and_grads(model, variables, x)
+    loss, grads = _loss_and_grads(blocked, variables, x)
+    close(loss, loss0)
+    tree_close(grads, grads0, atol=1e-5, rtol=1e-4)
+    assert float(jnp.abs(grads0["conv1"]["kernel"]).max()) > 1e-3
+
+    def stem(m):
+        jaxpr = str(jax.make_jaxpr(lambda v: apply_train(m, v, x))(variables))
+        return "f32[4,33,33,12]" in jaxpr, "f32[4,4,12,16]" in jaxpr  # blocked (shifted) input, kernel
+
+    assert stem(model) == (False, False) and stem(blocked) == (True, True)
