@@ -105,7 +105,8 @@ def default() -> ml_collections.ConfigDict:
     m.bn_partial_sums = False
     # The ImageNet stem's 7x7 stride-2 convolution on 3 channels as a 4x4 stride-1 one on the input's
     # 2x2 blocks (12 channels; layers.space_to_depth_conv): same parameters and result, a shape the
-    # GPU's tensor cores take better (the H200 spent 2.4 ms of ResNet-50's 35 ms step in the stem).
+    # GPU's tensor cores take better (the H200's ResNet-50 profile has 2.4 ms of its 35 ms step in two
+    # once-a-step convolution kernels, most likely the stem's). Not yet timed on a GPU: off.
     m.stem_space_to_depth = False
     m.zero_init_last = False  # zero-init each unit's last layer (timm option; not the paper's)
 

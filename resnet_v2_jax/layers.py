@@ -76,9 +76,10 @@ def space_to_depth_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
     convolution of the input's 2x2 blocks (H/2, W/2, 4C) with the kernel zero-padded to an even size
     and regrouped to (K'/2, K'/2, 4C, O): the same products and sums, same parameters, same result.
 
-    Why: a 3-channel input fits the GPU's tensor-core convolutions badly (the H200 spent 1.5 ms
-    forward and 0.9 ms on the weight gradient of ResNet-50's stem at batch 256, 2026-11-27, over 6%
-    of the step); 12 channels at stride 1 is the layout MLPerf's ResNet-50 stems use. The input is
+    Why: a 3-channel input fits the GPU's tensor-core convolutions badly (in the H200's profile of
+    ResNet-50 at batch 256, 2026-11-27, a 1.5 ms forward and a 0.9 ms weight-gradient kernel run once
+    a step, most likely the stem's: 7% of the step); 12 channels at stride 1 is how MLPerf's
+    ResNet-50 stems are fed. The input is
     shifted by `p % 2` rows and columns before it is blocked, so that the blocked convolution's
     padding is symmetric (p // 2 blocks a side), which cuDNN applies itself; XLA materialises an
     asymmetric one as a padded copy. Other geometries go to `scan_friendly_conv` unchanged."""
