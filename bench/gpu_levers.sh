@@ -34,6 +34,8 @@ ours 150 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --ste
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --profile_steps=3 --config.model.stem_space_to_depth=True" \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.stem_space_to_depth=True --config.model.bn_recompute_mask=True" \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.augment=False"
+#    The ResNet-50 eager peer in this same call (22 s on 2026-11-27); torch.compile comes after item 3.
+peer 40 in50 256 20 eager
 # 3. With concurrent graphs the step call lasts as long as the step (dispatch 8.0 of 8.3 ms for
 #    ResNet-110): if that is XLA updating the graphs' buffer addresses before each launch (the profiles
 #    above list the host's events, `host_top`), update-free graphs remove it. XLA's mode names changed
@@ -49,6 +51,9 @@ for mode in SKIP_PROFILED SKIP_TEMP NEVER_UPDATE; do
   fi
   echo "this XLA does not take --xla_gpu_command_buffer_update_mode=$mode" | tee -a "$OUT/log.txt"
 done
+#    torch.compile on ResNet-50, which the deadline cut in all three earlier runs (the issue cites
+#    7,308 img/s for it).
+peer 150 in50 256 20 compile
 #    Then ResNet-110 fed two batches in turn (--distinct_batches=2), as training feeds a new one each
 #    step: what updating the CUDA graphs' input addresses costs a call (concurrent graphs).
 ours 90 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --distinct_batches=2
