@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import numpy as np
-import tensorflow_datasets as tfds
 from etils import epath
+
+from resnet_v2_jax.tf_import import tfds
 
 NUM_TRAIN = 1437
 NUM_TEST = 360

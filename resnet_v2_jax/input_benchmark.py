@@ -40,9 +40,8 @@ def _cpu_seconds() -> float:
 def run(config, threads: int, batches: int, warmup: int, split: str = "train", target: float = 0.0,
         sample: bool = False) -> dict:
     """Times `batches` batches of `split` after `warmup` untimed ones with `threads` tf.data threads."""
-    import tensorflow as tf
-
     from resnet_v2_jax import input_pipeline
+    from resnet_v2_jax.tf_import import tf
 
     config = config.copy_and_resolve_references()
     config.data_threads = threads

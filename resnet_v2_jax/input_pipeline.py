@@ -21,7 +21,7 @@ see exactly the batches it would have seen. So nothing here keeps state between 
   per-process shards of the validation split too, so there global eval batch i is the i-th
   batch of every process's shard side by side (still every example exactly once).
 
-TensorFlow is confined to this module (and `digits.py`), runs on the CPU only, and never sees
+TensorFlow is confined to this module (and `digits.py`, imported through `tf_import.py`), runs on the CPU only, and never sees
 the accelerators, which belong to JAX. Everything yielded is numpy.
 """
 
@@ -35,17 +35,11 @@ import socket
 from collections.abc import Iterator
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from etils import epath
 
 from resnet_v2_jax import augment, digits
 from resnet_v2_jax.config import DATASET_INFO
-
-try:
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TF's devices were already initialised by someone else; too late to hide.
-    pass
+from resnet_v2_jax.tf_import import tf, tfds
 
 IN_MEMORY = ("digits", "cifar10", "cifar100")
 PAD = 4  # the paper's CIFAR padding

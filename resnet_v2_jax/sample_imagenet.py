@@ -24,8 +24,8 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+
+from resnet_v2_jax.tf_import import tf, tfds
 
 PHOTOS = ("china.jpg", "flower.jpg")
 

@@ -327,3 +327,29 @@ def test_missing_cifar_offline_says_how_to_prepare_it(tmp_path, monkeypatch):
     monkeypatch.setattr(input_pipeline, "_cannot_download", lambda process_count: "offline in this test")
     with pytest.raises(FileNotFoundError, match="tfds build cifar10 --data_dir"):
         input_pipeline.create(make_config(str(tmp_path), dataset="cifar10"))
+
+
+def test_quiet_import_drops_tensorflows_start_up_notices_and_keeps_other_output(tmp_path, monkeypatch, capfd):
+    """tf_import.quiet_import filters file descriptor 2 (where TensorFlow's C++ logs go) during an
+    import: the known notices vanish, anything else the import writes is written back."""
+    from resnet_v2_jax import tf_import
+
+    (tmp_path / "noisy_module_for_test.py").write_text(
+        "import os, sys\n"
+        "os.write(2, b'I0000 port.cc:153] oneDNN custom operations are on. You may see ...\\n')\n"
+        "os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
+        "os.write(2, b'a real warning from C++\\n')\n"
+        "print('and one from Python', file=sys.stderr)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = tf_import.quiet_import("noisy_module_for_test")
+    assert module.__name__ == "noisy_module_for_test"
+    err = capfd.readouterr().err
+    assert "a real warning from C++" in err and "and one from Python" in err
+    assert "oneDNN" not in err and "InitializeLog" not in err
+
+
+def test_data_pipeline_import_prints_no_tensorflow_notice():
+    """The real thing, in a fresh process: importing the pipeline writes no start-up notice."""
+    result = subprocess.run([sys.executable, "-c", "import resnet_v2_jax.input_pipeline"],
+                            capture_output=True, text=True, timeout=300, check=True)
+    assert "oneDNN" not in result.stderr and "InitializeLog" not in result.stderr, result.stderr
