@@ -218,6 +218,54 @@ def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, partial_sums, res, cotan
 _bn_train.defvjp(_bn_train_fwd, _bn_train_bwd)
 
 
+def _conv(y, kernel, strides: int, padding: int):
+    """nn.Conv's convolution (NHWC, HWIO, explicit padding) for a kernel already in y's dtype."""
+    return scan_friendly_conv(y, kernel, (strides, strides), [(padding, padding)] * 2,
+                              dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+def _bn_relu_conv(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding):
+    """conv(relu(BN(x))) for grouped x, kernel in `dtype`: (z, mean, var). `_bn_train` followed by
+    the convolution, except for what the backward keeps: x, not the BN-ReLU output y."""
+    return _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding)[0]
+
+
+def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding):
+    y, mean, var, mul, add = _bn_forward(x, scale, bias, True, epsilon, dtype, partial_sums)
+    z = _conv(y.reshape((-1,) + y.shape[2:]), kernel, strides, padding)
+    return (z, mean, var), (x, jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add]), kernel)
+
+
+def _bn_relu_conv_bwd(epsilon, dtype, partial_sums, strides, padding, res, cotangents):
+    """The convolution's gradients from y recomputed (one elementwise pass over x, which the BN
+    gradient reads anyway), then `_bn_train`'s backward."""
+    x, stats, kernel = res
+    gz, gmean, gvar = cotangents
+    _, _, mul, add = stats
+    y = jnp.maximum(_scale_shift(x, mul, add, dtype), 0)
+    _, pullback = jax.vjp(lambda y, k: _conv(y, k, strides, padding), y.reshape((-1,) + y.shape[2:]), kernel)
+    gy, gkernel = pullback(gz)
+    dx, dscale, dbias = _bn_train_bwd(True, epsilon, dtype, False, partial_sums, (x, stats),
+                                      (gy.reshape(x.shape), gmean, gvar))
+    return dx, dscale, dbias, gkernel
+
+
+_bn_relu_conv.defvjp(_bn_relu_conv_fwd, _bn_relu_conv_bwd)
+
+
+class ConvKernel(nn.Module):
+    """nn.Conv's kernel parameter alone (its name, shape, init and dtype: the same values from the
+    same key), for a convolution that `BatchNorm(relu=True)(x, conv=...)` computes."""
+
+    shape: tuple[int, ...]
+    kernel_init: Any = conv_init
+
+    @nn.compact
+    def __call__(self):
+        return self.param("kernel", self.kernel_init, self.shape, jnp.float32)
+
+
 def _pool_windows(x, window: int, stride: int, padding: int):
     """The window*window strided views of -inf-padded NHWC x, in the window's row-major order."""
     xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
@@ -295,7 +343,11 @@ class BatchNorm(nn.Module):
     partial_sums: bool = False  # the forward's sums as one kernel of partials (config.model.bn_partial_sums)
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, conv: tuple | None = None):
+        """`conv`: (kernel, strides, padding) of a convolution to apply to the output (BN-ReLU only):
+        in training its backward then recomputes the BN-ReLU output instead of keeping it."""
+        if conv is not None and not self.relu:
+            raise ValueError("BatchNorm(conv=...) needs relu=True")
         c = x.shape[-1]
         scale = self.param("scale", self.scale_init, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
@@ -306,18 +358,25 @@ class BatchNorm(nn.Module):
             mul = scale * jax.lax.rsqrt(ra_var.value + self.epsilon)
             add = bias - ra_mean.value * mul
             y = _scale_shift(x, mul, add, self.dtype)
-            return jnp.maximum(y, 0) if self.relu else y
+            y = jnp.maximum(y, 0) if self.relu else y
+            return y if conv is None else _conv(y, conv[0].astype(self.dtype), *conv[1:])
 
         n = x.shape[0]
         g = self.group_size if 0 < self.group_size < n else n
         if n % g:
             raise ValueError(f"bn_group_size={g} does not divide the batch of {n} examples")
         grouped = x.reshape((n // g, g) + x.shape[1:])
-        y, mean, var = _bn_train(grouped, scale, bias, self.relu, self.epsilon, jnp.dtype(self.dtype),
-                                 self.recompute_mask, self.partial_sums)
+        if conv is None:
+            y, mean, var = _bn_train(grouped, scale, bias, self.relu, self.epsilon, jnp.dtype(self.dtype),
+                                     self.recompute_mask, self.partial_sums)
+            y = y.reshape((-1,) + y.shape[2:])
+        else:
+            kernel, strides, padding = conv
+            y, mean, var = _bn_relu_conv(grouped, scale, bias, kernel.astype(self.dtype), self.epsilon,
+                                         jnp.dtype(self.dtype), self.partial_sums, strides, padding)
         if not self.is_initializing():
             axes = tuple(range(grouped.ndim - 1))
             m = self.momentum
             ra_mean.value = m * ra_mean.value + (1 - m) * jax.lax.stop_gradient(mean).mean(axes).reshape(c)
             ra_var.value = m * ra_var.value + (1 - m) * jax.lax.stop_gradient(var).mean(axes).reshape(c)
-        return y.reshape((-1,) + y.shape[2:])
+        return y

@@ -70,6 +70,7 @@ class ResNet(nn.Module):
     bn_group_size: int = 0
     bn_recompute_mask: bool = False
     bn_partial_sums: bool = False
+    bn_recompute_output: bool = False
     stem_space_to_depth: bool = False
 
     @nn.compact
@@ -100,6 +101,7 @@ class ResNet(nn.Module):
             scale_residual=self.scale_residual, gate_bias_init=self.gate_bias_init,
             shortcut_dropout=self.shortcut_dropout, stride_on=self.stride_on,
             zero_init_last=self.zero_init_last, train=train, norm=bn, dtype=self.dtype,
+            bn_recompute_output=self.bn_recompute_output,
         )
         project_all = self.shortcut_type == "C" or self.shortcut == "conv1x1"
         for i, n in enumerate(self.stage_sizes):
@@ -155,6 +157,7 @@ def build(model: ml_collections.ConfigDict, bn_group_size: int = 0) -> ResNet:
         bn_group_size=bn_group_size,
         bn_recompute_mask=model.bn_recompute_mask,
         bn_partial_sums=model.bn_partial_sums,
+        bn_recompute_output=model.bn_recompute_output,
         stem_space_to_depth=model.stem_space_to_depth,
     )
 

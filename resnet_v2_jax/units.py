@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-from resnet_v2_jax.layers import BatchNorm, conv_init, scan_friendly_conv
+from resnet_v2_jax.layers import BatchNorm, ConvKernel, conv_init, scan_friendly_conv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +103,9 @@ class ResidualUnit(nn.Module):
     # mode and dtype. One factory, so a new BN option is one field of `ResNet`, not one per module.
     norm: Callable[..., nn.Module] = BatchNorm
     dtype: Any = jnp.float32
+    # In training, a BN-ReLU whose only consumer is the next conv runs with it as one op whose
+    # backward recomputes the BN-ReLU output from BN's saved input (config.model.bn_recompute_output).
+    bn_recompute_output: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -111,7 +114,10 @@ class ResidualUnit(nn.Module):
                                  conv_general_dilated=scan_friendly_conv)
         norm = functools.partial(self.norm, use_running_average=not self.train, dtype=self.dtype)
 
-        preact = apply_ops(order.pre, x, norm)
+        # `pending`: a tensor whose BN-ReLU the next conv applies (bn_recompute_output), else None.
+        fuse = self.bn_recompute_output and self.train
+        pending = x if fuse and order.pre == "BR" and not self.transition else None
+        preact = x if pending is not None else apply_ops(order.pre, x, norm)
         shortcut_in = preact if self.transition else x
         layout = conv_layout(self.block, self.features, self.strides, self.stride_on)
         out_features = layout[-1][1]
@@ -122,10 +128,17 @@ class ResidualUnit(nn.Module):
         for i, (k, feats, s) in enumerate(layout):
             last = i == len(layout) - 1
             init = nn.initializers.zeros if (last and self.zero_init_last and not zero_last_bn) else conv_init
-            f = conv(feats, (k, k), strides=s, padding=[(k // 2, k // 2)] * 2, kernel_init=init)(f)
+            if pending is None:
+                f = conv(feats, (k, k), strides=s, padding=[(k // 2, k // 2)] * 2, kernel_init=init,
+                         name=f"Conv_{i}")(f)
+            else:  # the same parameters as the two modules it replaces
+                kernel = ConvKernel((k, k, pending.shape[-1], feats), init, name=f"Conv_{i}")()
+                f = norm(relu=True)(pending, conv=(kernel, s, k // 2))
             f = checkpoint_name(f, "conv")
-            f = apply_ops(order.end if last else order.mid, f, norm,
-                          nn.initializers.zeros if (last and zero_last_bn) else None)
+            ops = order.end if last else order.mid
+            pending = f if fuse and not last and ops == "BR" else None
+            if pending is None:
+                f = apply_ops(ops, f, norm, nn.initializers.zeros if (last and zero_last_bn) else None)
 
         # Shortcut h.
         h = shortcut_in

@@ -226,3 +226,35 @@ def test_space_to_depth_conv_leaves_other_geometries_to_the_plain_conv():
                                  dimension_numbers=dn)
         jaxpr = str(jax.make_jaxpr(conv)(w))
         assert f"window_strides={strides}" in jaxpr, (strides, padding)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_batchnorm_with_conv_is_batchnorm_then_the_conv(train):
+    """BatchNorm(relu=True)(x, conv=(kernel, strides, padding)) is the conv of BN-ReLU's output, with
+    the same running averages and gradients (the training path keeps x, not the output)."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 6, 6, 8)) * 2 + 1
+    kernel = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 8, 5))
+    bn = layers.BatchNorm(use_running_average=not train, relu=True, group_size=2)
+    variables = bn.init(jax.random.PRNGKey(2), x)
+    variables = {"params": jax.tree.map(lambda a: a + 0.3, variables["params"]),
+                 "batch_stats": jax.tree.map(lambda a: a + 0.5, variables["batch_stats"])}
+
+    def fused(params, kernel):
+        return bn.apply({**variables, "params": params}, x, conv=(kernel, 2, 1), mutable=["batch_stats"])
+
+    def separate(params, kernel):
+        y, stats = bn.apply({**variables, "params": params}, x, mutable=["batch_stats"])
+        return layers._conv(y, kernel, 2, 1), stats
+
+    (z, stats), (z_ref, stats_ref) = fused(variables["params"], kernel), separate(variables["params"], kernel)
+    assert z.shape == (4, 3, 3, 5)
+    np.testing.assert_allclose(np.asarray(z), np.asarray(z_ref), rtol=1e-6, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(stats_ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6)
+    w = jax.random.normal(jax.random.PRNGKey(3), z.shape)
+    grads = [jax.grad(lambda p, k, f=f: (f(p, k)[0] * w).sum(), argnums=(0, 1))(variables["params"], kernel)
+             for f in (fused, separate)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="relu=True"):
+        layers.BatchNorm(use_running_average=False).init(jax.random.PRNGKey(2), x, conv=(kernel, 1, 1))

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import random_fill
+from jax.ad_checkpoint import print_saved_residuals
 
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import networks, summary
@@ -503,7 +504,7 @@ def test_bn_recompute_mask_reaches_every_bn_relu_and_changes_no_number(small_net
     store the forward's ReLU mask for the backward); the loss and gradients stay the same."""
     cfg, variables, x, (loss0, grads0) = small_net
     cfg2 = cfg.copy_and_resolve_references()
-    cfg2.bn_recompute_mask = True
+    cfg2.bn_recompute_mask, cfg2.bn_recompute_output = True, False
     model = networks.build(cfg2)
     loss, grads = _loss_and_grads(model, variables, x)
     close(loss, loss0)
@@ -515,8 +516,13 @@ def test_bn_recompute_mask_reaches_every_bn_relu_and_changes_no_number(small_net
         return str(jaxpr).count("optimization_barrier")
 
     # ResNet-20, full pre-activation: the final BN-ReLU and two per traced unit body (each stage's
-    # first unit and its scanned rest, traced once): 1 + 2 x (3 + 3) barriers.
+    # first unit and its scanned rest, traced once): 1 + 2 x (3 + 3) barriers. With
+    # bn_recompute_output (the default) a BN-ReLU fused with its conv recomputes its mask anyway:
+    # left are the final one and the pre-activations of stages 2 and 3, which feed the shortcut too.
+    cfg3 = cfg2.copy_and_resolve_references()
+    cfg3.bn_recompute_output = True
     assert barriers(networks.build(cfg)) == 0 and barriers(model) == 13
+    assert barriers(networks.build(cfg3)) == 3
 
 
 def test_bn_partial_sums_reaches_every_bn_with_long_sums_and_changes_no_number():
@@ -658,3 +664,36 @@ def test_stem_space_to_depth_changes_no_number_and_blocks_the_input():
         return "f32[4,33,33,12]" in jaxpr, "f32[4,4,12,16]" in jaxpr  # blocked (shifted) input, kernel
 
     assert stem(model) == (False, False) and stem(blocked) == (True, True)
+
+
+@pytest.mark.parametrize("kw", [dict(depth=29, block="bottleneck"), dict(depth=20, unit="original")])
+def test_bn_recompute_output_keeps_no_bn_relu_output_and_changes_no_number(kw, capsys):
+    """config.model.bn_recompute_output (the default): a BN-ReLU that feeds only the next conv runs
+    with it as one op, whose backward recomputes the conv's input from BN's saved input. Same
+    parameters from the same keys, the same loss and gradients (float32, exactly here), and the
+    BN-ReLU outputs are no longer among the saved tensors."""
+    cfg = model_config(width=0.25, bn_recompute_output=False, **kw)
+    cfg2 = cfg.copy_and_resolve_references()
+    cfg2.bn_recompute_output = True
+    model, fused = networks.build(cfg), networks.build(cfg2)
+    init = [jax.jit(functools.partial(m.init, train=False))(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))
+            for m in (model, fused)]
+    assert jax.tree.structure(init[0]) == jax.tree.structure(init[1])
+    assert all(bool((a == b).all()) for a, b in zip(jax.tree.leaves(init[0]), jax.tree.leaves(init[1])))
+    variables, x = random_variables(model, image=16), images(size=16)
+    loss0, grads0 = _loss_and_grads(model, variables, x)
+    loss, grads = _loss_and_grads(fused, variables, x)
+    close(loss, loss0, atol=0, rtol=0)
+    tree_close(grads, grads0, atol=1e-6, rtol=1e-6)
+
+    def full_size_saved(m):  # activations (spatial maps) among the residuals, not parameters
+        print_saved_residuals(lambda p: apply_train(
+            m, {"params": p, "batch_stats": variables["batch_stats"]}, x)[0].sum(), variables["params"])
+        res = capsys.readouterr().out.splitlines()
+        return [r for r in res if "from the argument" not in r and any(f"{s},{s}," in r for s in (16, 8, 4))]
+
+    fewer = len(full_size_saved(model)) - len(full_size_saved(fused))
+    # Per traced unit body (a stage's first unit; its scanned rest, whose residuals are stacked): a
+    # bottleneck unit has 3 BN-ReLU -> conv, 2 in a first unit (its pre-activation feeds the
+    # shortcut too): 3 x (2 + 3) for ResNet-29; 'original' units have 1: 3 x (1 + 1) for ResNet-20.
+    assert fewer == (15 if kw.get("block") == "bottleneck" else 6), fewer
