@@ -666,7 +666,7 @@ def test_stem_space_to_depth_changes_no_number_and_blocks_the_input():
     assert stem(model) == (False, False) and stem(blocked) == (True, True)
 
 
-@pytest.mark.parametrize("kw", [dict(depth=29, block="bottleneck"), dict(depth=20, unit="original")])
+@pytest.mark.parametrize("kw", [dict(depth=20, block="bottleneck"), dict(depth=14, unit="original")])
 def test_bn_recompute_output_keeps_no_bn_relu_output_and_changes_no_number(kw, capsys):
     """config.model.bn_recompute_output (the default): a BN-ReLU that feeds only the next conv runs
     with it as one op, whose backward recomputes the conv's input from BN's saved input. Same
@@ -695,5 +695,5 @@ def test_bn_recompute_output_keeps_no_bn_relu_output_and_changes_no_number(kw, c
     fewer = len(full_size_saved(model)) - len(full_size_saved(fused))
     # Per traced unit body (a stage's first unit; its scanned rest, whose residuals are stacked): a
     # bottleneck unit has 3 BN-ReLU -> conv, 2 in a first unit (its pre-activation feeds the
-    # shortcut too): 3 x (2 + 3) for ResNet-29; 'original' units have 1: 3 x (1 + 1) for ResNet-20.
+    # shortcut too): 3 x (2 + 3) for ResNet-20; 'original' units have 1: 3 x (1 + 1) for ResNet-14.
     assert fewer == (15 if kw.get("block") == "bottleneck" else 6), fewer
