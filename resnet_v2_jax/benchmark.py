@@ -52,6 +52,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -232,6 +233,25 @@ def distinct_batches(batch: dict, n: int) -> list[dict]:
                       for k in range(1, n)]
 
 
+# The compiled init of each state this process has made. Runs whose configs differ only in how the
+# step compiles (checkpoint.COMPILE_ONLY_FIELDS: the same parameters, tested) call it again instead
+# of compiling their own: on 2 CPU cores that init took 4-7 s a run for ResNet-110, ResNet-50 and
+# ResNet-1001 (2026-11-27), and on the H200 a process runs a model several ways (`--also`).
+_INITS: dict[str, Any] = {}
+
+
+def _init_state(task, config, seed: int, mesh):
+    from resnet_v2_jax import checkpoint  # noqa: PLC0415  (orbax, only where a state is made)
+
+    fields = json.loads(config.to_json())
+    fields["model"] = checkpoint.fingerprint(config)["model"]
+    key = json.dumps([fields, seed, task.image_shape, [d.id for d in mesh.devices.flat]], sort_keys=True)
+    if key not in _INITS:
+        # compiled ahead of time: an executable held here survives jax.clear_caches() between runs
+        _INITS[key] = step_lib.state_initializer(task, seed, mesh).lower().compile()
+    return _INITS[key]()
+
+
 def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int = 0, batches: int = 1):
     """(Runner, description) for one configuration: state, on-device batch, compiled step.
 
@@ -261,7 +281,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
     else:
         norm = augment.MEAN_STD["imagenet2012" if pixels else "cifar10"] if pixels or rows else None
         task = step_lib.make_task(config, image_shape, norm, device_augment, colour)
-        state = step_lib.init_state(task, seed, mesh)
+        state = _init_state(task, config, seed, mesh)
         batch = step_lib.synthetic_batch(task, mesh, batch_size, seed, jnp.uint8 if pixels else jnp.float32)
         train_fn, eval_fn = step_lib.compile_steps(task, mesh)
         train_images = None  # train_step's on-device train set: none when the batch holds images

@@ -159,9 +159,13 @@ def abstract_state(task: Task, seed: int = 0):
     return jax.eval_shape(functools.partial(create_state, task, seed))
 
 
+def state_initializer(task: Task, seed: int, mesh: Mesh):
+    """The jitted function that creates the state directly on the devices, replicated."""
+    return jax.jit(functools.partial(create_state, task, seed), out_shardings=replicated(mesh))
+
+
 def init_state(task: Task, seed: int, mesh: Mesh) -> TrainState:
-    """The state created directly on the devices, replicated."""
-    return jax.jit(functools.partial(create_state, task, seed), out_shardings=replicated(mesh))()
+    return state_initializer(task, seed, mesh)()
 
 
 def _images(task: Task, batch, rng=None, train_images=None):

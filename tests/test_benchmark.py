@@ -602,3 +602,36 @@ def test_distinct_batches_are_the_batch_rolled_into_buffers_of_their_own():
     assert b["index"].sharding == batch["index"].sharding and b["index"].dtype == jnp.int32
     with pytest.raises(ValueError, match="distinct_batches=0 must be >= 1"):
         benchmark.distinct_batches(batch, 0)
+
+
+def test_runs_that_differ_in_how_the_step_compiles_share_one_compiled_init():
+    """A process that times one model several ways (--also) compiles its initial state once: the
+    runs whose configs differ only in compile-only fields (checkpoint.COMPILE_ONLY_FIELDS) reuse it
+    and start from the same state; a model with other parameters gets its own."""
+    import jax
+    import numpy as np
+
+    def tiny(**model):
+        c = config_lib.default()
+        c.model.depth, c.model.block, c.model.width = 8, "basic", 0.25
+        c.dataset, c.image_size, c.batch_size = "synthetic", 16, 4
+        for k, v in model.items():
+            c.model[k] = v
+        return c
+
+    from resnet_v2_jax import step as step_lib
+
+    mesh = step_lib.make_mesh()
+
+    def init(config):
+        return benchmark._init_state(step_lib.make_task(config, (16, 16, 3)), config, 0, mesh)
+
+    benchmark._INITS.clear()
+    states = [init(tiny(**kw)) for kw in (dict(), dict(bn_recompute_output=False, scan_unroll=2), dict(remat=True))]
+    assert len(benchmark._INITS) == 1
+    own = step_lib.init_state(step_lib.make_task(tiny(remat=True), (16, 16, 3)), 0, mesh)
+    for a, b, c in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[2]), jax.tree.leaves(own)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(c))
+    init(tiny(depth=14))
+    assert len(benchmark._INITS) == 2
