@@ -79,10 +79,10 @@ def space_to_depth_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
     Why: a 3-channel input fits the GPU's tensor-core convolutions badly (in the H200's profile of
     ResNet-50 at batch 256, 2026-11-27, a 1.5 ms forward and a 0.9 ms weight-gradient kernel run once
     a step, most likely the stem's: 7% of the step); 12 channels at stride 1 is how MLPerf's
-    ResNet-50 stems are fed. The input is
-    shifted by `p % 2` rows and columns before it is blocked, so that the blocked convolution's
-    padding is symmetric (p // 2 blocks a side), which cuDNN applies itself; XLA materialises an
-    asymmetric one as a padded copy. Other geometries go to `scan_friendly_conv` unchanged."""
+    ResNet-50 stems are fed. The input is shifted by `p % 2` rows and columns before it is blocked,
+    so that the blocked convolution's padding is symmetric (p // 2 blocks a side), which cuDNN
+    applies itself; XLA materialises an asymmetric one as a padded copy. Other geometries go to
+    `scan_friendly_conv` unchanged."""
     s = 2
     n, h, w, c = lhs.shape
     kh, kw, _, o = rhs.shape
@@ -232,9 +232,9 @@ def _bn_relu_conv(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides,
 
 
 def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding):
-    y, mean, var, mul, add = _bn_forward(x, scale, bias, True, epsilon, dtype, partial_sums)
+    (y, mean, var), bn_res = _bn_train_fwd(x, scale, bias, True, epsilon, dtype, False, partial_sums)
     z = _conv(y.reshape((-1,) + y.shape[2:]), kernel, strides, padding)
-    return (z, mean, var), (x, jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add]), kernel)
+    return (z, mean, var), (*bn_res, kernel)
 
 
 def _bn_relu_conv_bwd(epsilon, dtype, partial_sums, strides, padding, res, cotangents):
