@@ -14,12 +14,11 @@ def get_config():
     c.model.depth = 164
     c.model.block = "bottleneck"
     # All 17 scanned units of a stage in one loop iteration, so no loop: on one H200 (bf16, batch 128,
-    # with default()'s command buffers) 13.8 ms a step, 9,304 images/s (BENCHMARKS.md, 2026-11-27);
-    # XLA compiles it in 36-48 s there and 20 s on 2 CPU cores (10 s scanned). The parameters are
-    # the scanned layout's, so checkpoints do not depend on it.
+    # serial CUDA graphs) 13.8 ms a step, 9,304 images/s (BENCHMARKS.md, 2026-11-27); scanned, with
+    # concurrent graphs, 15.4 ms (third run). XLA compiles it in 36-48 s there and 20 s on 2 CPU
+    # cores (10 s scanned). The parameters are the scanned layout's, so checkpoints do not depend on it.
     c.model.scan_unroll = 17
-    # Serial CUDA graphs: concurrent ones (the CIFAR default) ran 15.5 against 14.9 ms a step on one
-    # H200 (bf16, batch 128, 2026-11-27, second run; BENCHMARKS.md).
-    c.xla_flags = config_lib.COMMAND_BUFFERS
+    # default()'s CUDA graphs: concurrent and update-free, 13.0 ms a step (9,874 images/s) on one H200
+    # (bf16, batch 128, 2026-11-27, third run), where serial graphs had run it in 13.8-14.9 ms.
     c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

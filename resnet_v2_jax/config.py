@@ -34,7 +34,13 @@ IMAGENET_AUGMENTS = ("scale", "inception")
 # CUDA graphs through convolutions and loops (default()'s comment says why the CIFAR family wants them).
 COMMAND_BUFFERS = "--xla_gpu_enable_command_buffer=+CONVOLUTION,+WHILE,+CONDITIONAL"
 # ... whose independent kernels may run concurrently (XLA's default order serialises them).
-CIFAR_XLA_FLAGS = f"{COMMAND_BUFFERS} --xla_gpu_command_buffer_scheduling_mode=CONCURRENT"
+CONCURRENT_GRAPHS = "--xla_gpu_command_buffer_scheduling_mode=CONCURRENT"
+# ... and whose buffers XLA keeps at stable addresses (virtual-memory remapping, after profiling the
+# first steps), so a graph is relaunched as it is instead of having its kernels' buffer addresses
+# updated before each launch. XLA falls back to updating them where it cannot remap. jaxlib >= 0.11.2
+# (earlier XLAs abort on the value), so the CIFAR flags add it only where the installed jaxlib knows it.
+UPDATE_FREE_GRAPHS = "--xla_gpu_command_buffer_update_mode=SKIP_PROFILED"
+# CIFAR_XLA_FLAGS, all three where the jaxlib knows them, is defined below known_xla_flags.
 # The paper's CIFAR runs used 2 GPUs, each with its own BN statistics over its half of the batch
 # (PAPER.md: "batch 128 on 2 GPUs (64 per GPU, so BN statistics over 64 images)"; resnet-1k-layers
 # runs ResNet-1001 at batch 64 with -nGPU 2). The CIFAR experiments set
@@ -108,13 +114,14 @@ def default() -> ml_collections.ConfigDict:
     # every kept tensor is a stacked buffer that XLA zero-fills, writes and reads back each step.
     # ResNet-1001 on a CPU (2026-11-27, batch 16, float32): the same loss, step 4.0 against 4.5-5.4 s,
     # compile 16.8 against 19-20 s, XLA's allocation 1.6 against 2.9 GB; XLA's count for an H200:
-    # 12% fewer bytes, 2% fewer kernels (unrolled steps: the same program). Not yet timed on a GPU.
+    # 12% fewer bytes, 2% fewer kernels (unrolled steps: the same program). On one H200 (bf16, batch
+    # 64, 2026-11-27, third run): 47.2 against 48.7 ms a step, 2.8 against 5.0 GiB.
     m.bn_recompute_output = True
     # The ImageNet stem's 7x7 stride-2 convolution on 3 channels as a 4x4 stride-1 one on the input's
-    # 2x2 blocks (12 channels; layers.space_to_depth_conv): same parameters and result, a shape the
-    # GPU's tensor cores take better (the H200's ResNet-50 profile has 2.4 ms of its 35 ms step in two
-    # once-a-step convolution kernels, most likely the stem's). Not yet timed on a GPU: off.
-    m.stem_space_to_depth = False
+    # 2x2 blocks (12 channels; layers.space_to_depth_conv): same parameters and result to float
+    # rounding, a shape the GPU's tensor cores take better. On one H200 (bf16, batch 256, 2026-11-27,
+    # third run) ResNet-50 took 33.9 against 35.0 ms a step (+3.2%). CIFAR networks have no stem.
+    m.stem_space_to_depth = True
     m.zero_init_last = False  # zero-init each unit's last layer (timm option; not the paper's)
 
     c.dataset = "cifar10"
@@ -169,8 +176,10 @@ def default() -> ml_collections.ConfigDict:
     # ResNet-164 (unrolled) from 21.1 to 13.8 ms and ResNet-1001 from 70.1 to 66.0 ms a step; the
     # GPU-bound ImageNet ResNet-50 lost 8% with them, so imagenet() clears this. Letting the graphs
     # run independent kernels concurrently then took ResNet-110 from 10.2 to 8.3 ms and ResNet-1001
-    # from 65.0 to 51.8 ms (same H200, second run); ResNet-164 went from 14.9 to 15.5 ms, so
-    # experiments/cifar10_resnet164.py keeps the serial graphs.
+    # from 65.0 to 51.8 ms (same H200, second run); ResNet-164 went from 14.9 to 15.5 ms. Graphs
+    # relaunched without updating their buffer addresses (UPDATE_FREE_GRAPHS, jaxlib >= 0.11.2) then
+    # took ResNet-110 fed two batches in turn from 8.8 to 8.0 ms, ResNet-1001 from 47.2 to 45.9 ms,
+    # and ResNet-164 to 13.0 ms (third run, 2026-11-27; serial graphs had run it in 13.8-14.9 ms).
     c.xla_flags = CIFAR_XLA_FLAGS
     return c
 
@@ -250,7 +259,8 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
 
 # The first jaxlib whose XLA knows each flag the configs set that older ones do not (found by
 # searching the jaxlib wheels' libraries for the name; setup.cfg's jax floor covers them all).
-XLA_FLAG_MIN_JAXLIB = {"--xla_gpu_command_buffer_scheduling_mode": (0, 7, 1)}
+# The first jaxlib whose XLA knows a flag ("--name") or one of its values ("--name=VALUE").
+XLA_FLAG_MIN_JAXLIB = {"--xla_gpu_command_buffer_scheduling_mode": (0, 7, 1), UPDATE_FREE_GRAPHS: (0, 11, 2)}
 
 
 def _jaxlib_version() -> tuple[int, ...] | None:
@@ -262,6 +272,22 @@ def _jaxlib_version() -> tuple[int, ...] | None:
         return None
 
 
+def _min_jaxlib(flag: str) -> tuple[int, ...] | None:
+    needs = [XLA_FLAG_MIN_JAXLIB.get(key) for key in (flag, flag.split("=")[0])]
+    return max((need for need in needs if need), default=None)
+
+
+def known_xla_flags(*flags: str) -> str:
+    """The flags the installed jaxlib's XLA knows, space-separated: what a config may set by default
+    without aborting an older XLA (`validate_xla_flags` refuses the rest, naming the jaxlib)."""
+    have = _jaxlib_version()
+    return " ".join(f for f in flags if not (have and _min_jaxlib(f) and have < _min_jaxlib(f)))
+
+
+# Every CIFAR experiment's XLA flags (default()'s comment has the timings).
+CIFAR_XLA_FLAGS = known_xla_flags(COMMAND_BUFFERS, CONCURRENT_GRAPHS, UPDATE_FREE_GRAPHS)
+
+
 def validate_xla_flags(xla_flags: str) -> None:
     """XLA aborts the process (a C++ fatal error) on a malformed $XLA_FLAGS or a flag it does not
     know: reject both here instead, with what to do."""
@@ -271,7 +297,7 @@ def validate_xla_flags(xla_flags: str) -> None:
                          "separate flags with spaces")
     have = _jaxlib_version()
     for flag in xla_flags.split():
-        need = XLA_FLAG_MIN_JAXLIB.get(flag.split("=")[0])
+        need = _min_jaxlib(flag)
         if have and need and have < need:
             raise ValueError(
                 f"xla_flags: {flag} needs jaxlib >= {'.'.join(map(str, need))} (installed: "

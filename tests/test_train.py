@@ -260,7 +260,7 @@ def test_a_second_run_loads_its_steps_from_the_compilation_cache(tmp_path):
     assert second["hits"] >= first["hits"] + 2, (first, second)  # at least the train and eval steps were loaded
     mine = "--xla_gpu_enable_command_buffer=FUSION"
     third = run("off", "third", xla_flags=mine)  # the user's command buffers, the config's scheduling mode
-    assert third["hits"] == 0 and third["xla_flags"] == f"{mine} --xla_gpu_command_buffer_scheduling_mode=CONCURRENT"
+    assert third["hits"] == 0 and third["xla_flags"] == config_lib.CIFAR_XLA_FLAGS.replace(config_lib.COMMAND_BUFFERS, mine)
 
 
 def test_a_flag_older_jaxlibs_do_not_know_is_refused_with_the_version_it_needs(monkeypatch):
@@ -272,10 +272,31 @@ def test_a_flag_older_jaxlibs_do_not_know_is_refused_with_the_version_it_needs(m
                                          r"jaxlib >= 0\.7\.1 \(installed: 0\.7\.0\)"):
         config_lib.validate_xla_flags(config_lib.CIFAR_XLA_FLAGS)
     config_lib.validate_xla_flags(config_lib.COMMAND_BUFFERS)  # known since before 0.6
+    # setup.cfg's floor knows the concurrent graphs, so every supported jaxlib sets them.
     cfg = configparser.ConfigParser()
     cfg.read(os.path.join(REPO, "setup.cfg"))
     (floor,) = [r.split(">=")[1] for r in cfg["options"]["install_requires"].split() if r.startswith("jax>=")]
-    assert tuple(int(p) for p in floor.split(".")) >= max(config_lib.XLA_FLAG_MIN_JAXLIB.values())
+    floor = tuple(int(p) for p in floor.split("."))
+    assert floor >= config_lib.XLA_FLAG_MIN_JAXLIB["--xla_gpu_command_buffer_scheduling_mode"]
+    monkeypatch.setattr(config_lib, "_jaxlib_version", lambda: floor)
+    assert config_lib.known_xla_flags(config_lib.COMMAND_BUFFERS, config_lib.CONCURRENT_GRAPHS) == (
+        f"{config_lib.COMMAND_BUFFERS} {config_lib.CONCURRENT_GRAPHS}")
+
+
+def test_update_free_graphs_are_set_only_where_the_jaxlib_knows_the_value(monkeypatch):
+    """The update mode's value SKIP_PROFILED is newer than its flag: jaxlib 0.10.2's XLA aborts on it
+    (tried here, 2026-11-27), 0.11.2's takes it (the H200), so the CIFAR flags add it from 0.11.2 on
+    and validate refuses it, naming that jaxlib, before."""
+    flags = (config_lib.COMMAND_BUFFERS, config_lib.CONCURRENT_GRAPHS, config_lib.UPDATE_FREE_GRAPHS)
+    monkeypatch.setattr(config_lib, "_jaxlib_version", lambda: (0, 11, 2))
+    assert config_lib.known_xla_flags(*flags) == " ".join(flags)
+    config_lib.validate_xla_flags(" ".join(flags))
+    monkeypatch.setattr(config_lib, "_jaxlib_version", lambda: (0, 10, 2))
+    assert config_lib.known_xla_flags(*flags) == " ".join(flags[:2])
+    with pytest.raises(ValueError, match=r"--xla_gpu_command_buffer_update_mode=SKIP_PROFILED needs "
+                                         r"jaxlib >= 0\.11\.2 \(installed: 0\.10\.2\)"):
+        config_lib.validate_xla_flags(" ".join(flags))
+    config_lib.validate_xla_flags("--xla_gpu_command_buffer_update_mode=ALWAYS_UPDATE")  # the flag itself is older
 
 
 def test_xla_flags_after_jax_started_are_reported_not_applied(monkeypatch, caplog):
