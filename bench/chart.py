@@ -8,6 +8,10 @@ the PyTorch peer (`peer`: torch-eager, torch-compile; `img_s`). Lines without a 
 only what was measured. Ours with `scan` false is drawn as "ours-unrolled"; ours fed uint8 pixels
 (ImageNet experiments: normalisation, and colour for the inception recipe, on device) says so.
 One bar group per (model, batch, mode), one bar per implementation.
+
+Where a line of ours carries `loop_images_per_second` (steps back to back, one block at the end:
+the way training runs and the PyTorch peer is timed), that is its figure, so bars compare alike;
+the `timing` column says which figure each row is (older lines: the blocked median only).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
             r = json.loads(line)
             if "compare" in r:
                 continue
-            ips = r.get("images_per_second", r.get("img_s"))
+            loop = r.get("loop_images_per_second")
+            ips = loop or r.get("images_per_second", r.get("img_s"))
             if r.get("timing") == "compile only":
                 compiled.append(r)
                 continue
@@ -72,7 +77,9 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
                 "mode": mode,
                 "dtype": r.get("dtype", "bf16-autocast" if "peer" in r else ""),
                 "images_per_second": float(ips),
-                "step_ms": r.get("step_ms"),
+                "step_ms": r.get("loop_ms") if loop else r.get("step_ms"),
+                "timing": ("back to back" if "peer" in r else
+                           f"back to back (blocked median {r['step_ms']:.1f} ms)" if loop else "blocked median"),
                 "compile_s": r.get("compile_s", r.get("warmup_s")),
                 "peak_gib": (r["peak_bytes_in_use"] / 2**30 if r.get("peak_bytes_in_use") else r.get("peak_gib")),
                 # An --also run has no device peak of its own: XLA's allocation for its step stands in.
@@ -84,15 +91,15 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
 
 
 def markdown(rows, missing, compiled=()) -> str:
-    lines = ["| model | batch | mode | implementation | dtype | step (ms) | images/s | compile or warm-up (s) "
-             "| peak memory (GiB; XLA's: its allocation for the step) | device |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | batch | mode | implementation | dtype | step (ms) | images/s | timing | compile or warm-up (s) "
+             "| peak memory (GiB; XLA's: its allocation for the step) | device |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["model"], r["batch"], r["mode"], r["impl"])):
         mem = ("" if r["peak_gib"] is None else f"{r['peak_gib']:.2f}") or (
             "" if r.get("xla_peak_gib") is None else f"{r['xla_peak_gib']:.2f} (XLA's)")
         comp = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
         step = "" if r["step_ms"] is None else f"{r['step_ms']:.1f}"
         lines.append(f"| {r['model']} | {r['batch']} | {r['mode']} | {r['impl']} | {r['dtype']} | {step} | "
-                     f"{r['images_per_second']:.1f} | {comp} | {mem} | {r['device']} |")
+                     f"{r['images_per_second']:.1f} | {r['timing']} | {comp} | {mem} | {r['device']} |")
     for r in compiled:
         peak = r.get("compiled_peak_bytes")
         lines.append(f"\nCompile only: {r['model']} batch {r['batch']} {r.get('dtype') or ''}: compile "
@@ -118,6 +125,17 @@ def bars(rows) -> tuple[list, list, dict]:
     labels = sorted({label(r) for r in rows}, key=lambda i: (not i.startswith("ours"), i))
     value = {(r["model"], r["batch"], r["mode"], label(r)): r["images_per_second"] for r in rows}
     return groups, labels, value
+
+
+def short_labels(rows) -> list[dict]:
+    """The rows with `impl` cut to "ours" or the peer's name, for a chart of each experiment as
+    configured, whose levers the table's own lines name; SystemExit if two rows would share a bar."""
+    out = [dict(r, impl="ours" if r["impl"].startswith("ours") else r["impl"].split(" ")[0]) for r in rows]
+    keys = [(r["model"], r["batch"], r["mode"], r["impl"], r["dtype"]) for r in out]
+    dup = {k for k in keys if keys.count(k) > 1}
+    if dup:
+        raise SystemExit(f"--short_labels: more than one line for {sorted(dup)[0]}; pass one line each")
+    return out
 
 
 def chart(rows, png: str, title: str) -> None:
@@ -163,8 +181,12 @@ def main() -> None:
     p.add_argument("--md", default="")
     p.add_argument("--title", default="training step throughput")
     p.add_argument("--models", default="", help="comma-separated model names to draw (default: all)")
+    p.add_argument("--short_labels", action="store_true",
+                   help="bars named 'ours' or the peer's name alone (one line of each per model: as configured)")
     a = p.parse_args()
     rows, compiled, missing = load(a.results)
+    if a.short_labels:
+        rows = short_labels(rows)
     if a.models:
         rows = [r for r in rows if r["model"] in a.models.split(",")]
     table = markdown(rows, missing, compiled)

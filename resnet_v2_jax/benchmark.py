@@ -14,6 +14,11 @@ costs one host round trip per step (the next step is not queued while one runs) 
 distribution; `--timing=loop` instead runs the steps back to back with one block at the end
 and reports their mean (min = max = mean). `dispatch_ms` is the median host time for a timed
 step's call to return, before the block: the most that launching several steps at once could save.
+After the blocked steps, the same number of steps run back to back once more, with one block at
+the end: `loop_ms` and `loop_images_per_second` are their mean, the way training runs the step (it
+fetches metrics every N steps) and the way bench/peer_torch.py times PyTorch, so the figure to set
+beside the peer's. On the H200 (2026-11-27) ResNet-50's blocked median was 35.0 ms where its
+profiled back-to-back steps spanned 32.6 ms each on the device.
 
 Throughput: `images_per_second` = batch / step time; model TFLOP/s counts 6 x forward
 multiply-adds per image for training (2 for the forward pass, 4 for the backward) and 2 x for
@@ -65,7 +70,7 @@ from resnet_v2_jax import step as step_lib
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "distinct_batches", "dtype", "scan", "scan_unroll", "remat",
         "remat_policy", "bn_recompute_mask", "bn_partial_sums", "stem_space_to_depth", "bn_recompute_output", "bn_group", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
-        "step_ms_min", "step_ms_max", "dispatch_ms", "setup_s", "images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
+        "step_ms_min", "step_ms_max", "dispatch_ms", "setup_s", "images_per_second", "loop_ms", "loop_images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
 DATASET_ROWS = 50_000  # CIFAR's training set, held on device with augment_on_device
@@ -137,8 +142,9 @@ class Runner:
 
 
 def time_runners(runners, steps: int, warmup: int, timing: str = "step"):
-    """(first-call seconds, per-step seconds) for each runner. With several runners the timed steps
-    alternate between them (A B A B ...), so a load change on a shared machine hits both alike."""
+    """(first-call seconds, per-step seconds, back-to-back seconds per step) for each runner. With
+    several runners the blocked steps alternate between them (A B A B ...), so a load change on a
+    shared machine hits both alike; then each runs `steps` steps back to back (`Runner.loop`)."""
     firsts = [r.step() for r in runners]
     for _ in range(warmup):
         for r in runners:
@@ -147,11 +153,11 @@ def time_runners(runners, steps: int, warmup: int, timing: str = "step"):
     if timing == "loop":
         for i, r in enumerate(runners):
             times[i] = [r.loop(steps)] * steps
-    else:
-        for _ in range(steps):
-            for i, r in enumerate(runners):
-                times[i].append(r.step())
-    return firsts, times
+        return firsts, times, [t[0] for t in times]
+    for _ in range(steps):
+        for i, r in enumerate(runners):
+            times[i].append(r.step())
+    return firsts, times, [r.loop(steps) for r in runners]
 
 
 def compiled_peak_bytes(compiled) -> int | None:
@@ -330,8 +336,8 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
     return runner, desc
 
 
-def result(runner: Runner, desc: dict, first: float, times: list[float], warmup: int, timing: str,
-           peak_tflops: float = 0.0) -> dict:
+def result(runner: Runner, desc: dict, first: float, times: list[float], loop_s: float, warmup: int,
+           timing: str, peak_tflops: float = 0.0) -> dict:
     step_s = statistics.median(times)
     batch_size = desc["batch"]
     flops = (2 if desc["mode"] == "eval" else 6) * desc["macs_per_image"] * batch_size
@@ -352,6 +358,8 @@ def result(runner: Runner, desc: dict, first: float, times: list[float], warmup:
         "dispatch_ms": (round(statistics.median(runner.dispatch_s[-len(times):]) * 1e3, 3)
                         if timing == "step" else None),
         "images_per_second": round(batch_size / step_s, 2),
+        "loop_ms": round(loop_s * 1e3, 3),
+        "loop_images_per_second": round(batch_size / loop_s, 2),
         "tflops": round(tflops, 6),
         "peak_fraction": round(tflops / peak_tflops, 6) if peak_tflops else None,
         "peak_bytes_in_use": _peak_bytes(),
@@ -378,8 +386,8 @@ def run(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, ba
             "steps": 0, "warmup": 0, "timing": "compile only", "device_kind": jax.devices()[0].device_kind,
             "num_devices": len(jax.devices()), "jax_version": jax.__version__,
             "date": datetime.date.today().isoformat()})
-    (first,), (times,) = time_runners([runner], steps, warmup, timing)
-    out = result(runner, desc, first, times, warmup, timing, peak_tflops)
+    (first,), (times,), (loop_s,) = time_runners([runner], steps, warmup, timing)
+    out = result(runner, desc, first, times, loop_s, warmup, timing, peak_tflops)
     return dict(out, profile=profile(runner, profile_steps)) if profile_steps else out
 
 
@@ -409,9 +417,9 @@ def compare(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False
     """Ours and the plain Flax baseline, compiled one after the other, timed with alternating steps."""
     pairs = [setup(config.copy_and_resolve_references(), eval_mode=eval_mode, baseline=b, seed=seed, batches=batches)
              for b in (False, True)]
-    firsts, times = time_runners([r for r, _ in pairs], steps, warmup, timing)
+    firsts, times, loops = time_runners([r for r, _ in pairs], steps, warmup, timing)
     # Peak memory is per process: with both in one process it is the larger of the two.
-    return [result(r, d, f, t, warmup, timing, peak_tflops) for (r, d), f, t in zip(pairs, firsts, times)]
+    return [result(r, d, f, t, lp, warmup, timing, peak_tflops) for (r, d), f, t, lp in zip(pairs, firsts, times, loops)]
 
 
 def _size(n: int | None) -> str:
@@ -448,8 +456,9 @@ def format_result(r: dict) -> str:
     return (f"{head}, first step {r['first_step_s']:.3f} s\n"
             f"  step {r['step_ms']:.2f} ms median (min {r['step_ms_min']:.2f}, max {r['step_ms_max']:.2f}; "
             f"{r['steps']} steps after {r['warmup']} warm-up; host dispatch {_ms(r['dispatch_ms'])})\n"
-            f"  {r['images_per_second']:.1f} images/s, {r['tflops']:.4f} model TFLOP/s{peak}, peak memory {mem}"
-            f"{prof or ''}")
+            f"  {r['images_per_second']:.1f} images/s, {r['tflops']:.4f} model TFLOP/s{peak}, peak memory {mem}\n"
+            f"  back to back (as training runs and the PyTorch peer is timed): {r['loop_ms']:.2f} ms a step, "
+            f"{r['loop_images_per_second']:.1f} images/s{prof or ''}")
 
 
 def _usage_error(f) -> str | None:

@@ -47,11 +47,39 @@ def check_result(r: dict, mode: str) -> None:
     assert r["step_ms_min"] <= r["step_ms"] <= r["step_ms_max"]
     assert 0 < r["dispatch_ms"] <= r["step_ms_max"]  # launching a step is part of its blocked time
     assert r["images_per_second"] == pytest.approx(8 / (r["step_ms"] / 1000), rel=1e-3)
+    assert r["loop_ms"] > 0 and r["loop_images_per_second"] == pytest.approx(8 / (r["loop_ms"] / 1000), rel=1e-3)
     factor = 6 if mode == "train" else 2
     assert r["macs_per_image"] == tiny_macs()
     assert r["tflops"] == pytest.approx(factor * r["macs_per_image"] * 8 / (r["step_ms"] / 1000) / 1e12, rel=1e-3)
     assert r["jax_version"] and r["device_kind"] and r["num_devices"] >= 1
     assert r["dtype"] == "float32" and r["date"]
+
+
+class FakeRunner:
+    """Records what time_runners asks of a runner; a blocked step takes 3 s, a back-to-back one 2 s."""
+
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def step(self):
+        self.log.append(f"{self.name}.step")
+        return 3.0
+
+    def loop(self, steps):
+        self.log.append(f"{self.name}.loop({steps})")
+        return 2.0
+
+
+def test_back_to_back_steps_follow_the_blocked_ones_and_are_reported_apart():
+    """The blocked median and the back-to-back mean are two figures of the same step: the loop runs
+    once, after every blocked step (alternating A B), and --timing=loop reports it for both."""
+    log = []
+    firsts, times, loops = benchmark.time_runners([FakeRunner("a", log), FakeRunner("b", log)], steps=2, warmup=1)
+    assert log == ["a.step", "b.step"] * 4 + ["a.loop(2)", "b.loop(2)"]
+    assert firsts == [3.0, 3.0] and times == [[3.0, 3.0]] * 2 and loops == [2.0, 2.0]
+    log.clear()
+    firsts, times, loops = benchmark.time_runners([FakeRunner("a", log)], steps=2, warmup=1, timing="loop")
+    assert log == ["a.step", "a.step", "a.loop(2)"] and times == [[2.0, 2.0]] and loops == [2.0]
 
 
 def test_train_step_json_and_no_tensorflow():
@@ -384,6 +412,7 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
              dict(base, model="cifar110", batch=128, scan=False, input="rows+augment", distinct_batches=2),
              dict(base, model="cifar110", batch=128, scan=False, input="rows+augment", bn_partial_sums=True),
              dict(base, input="uint8+colour", bn_recompute_mask=True),
+             dict(base, model="cifar110", batch=128, input="rows+augment", loop_ms=20.0, loop_images_per_second=6400.0),
              dict(base, model="cifar164", batch=128, input="rows+augment", peak_bytes_in_use=None,
                   compiled_peak_bytes=2**31),  # an --also run: XLA's allocation stands in
              {"peer": "torch-eager", "model": "in50", "batch": 256, "img_s": 5000.0},
@@ -400,12 +429,16 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
         "ours (rows+augment input) +unroll10 +enable_command_buffer",
         "ours-unrolled (rows+augment input)", "ours-unrolled (rows+augment input) +2 batches",
         "ours-unrolled (rows+augment input) +BN partial sums", "ours (uint8+colour input) +BN mask recomputed",
-        "ours (rows+augment input)", "torch-eager"])
+        "ours (rows+augment input)", "ours (rows+augment input)", "torch-eager"])
     assert [r["model"] for r in compiled] == ["cifar1001"] and len(missing) == 1
     table = chart.markdown(rows, missing, compiled)
-    assert "| in50 | 256 | train | ours (uint8+colour input) | bfloat16 | 25.0 | 10240.0 | 30.0 | 16.00 |" in table
+    assert "| in50 | 256 | train | ours (uint8+colour input) | bfloat16 | 25.0 | 10240.0 | blocked median | 30.0 | 16.00 |" in table
+    # A line with back-to-back steps is drawn with them, as the peer is timed; its blocked median is named.
+    assert ("| cifar110 | 128 | train | ours (rows+augment input) | bfloat16 | 20.0 | 6400.0 | back to back (blocked "
+            "median 25.0 ms) | 30.0 | 16.00 |") in table
+    assert "| in50 | 256 | train | torch-eager | bf16-autocast |  | 5000.0 | back to back |" in table
     assert "Compile only: cifar1001 batch 64" in table and "8.00 GiB" in table
-    assert "| cifar164 | 128 | train | ours (rows+augment input) | bfloat16 | 25.0 | 10240.0 | 30.0 | 2.00 (XLA's) |" in table
+    assert "| cifar164 | 128 | train | ours (rows+augment input) | bfloat16 | 25.0 | 10240.0 | blocked median | 30.0 | 2.00 (XLA's) |" in table
     assert "Not measured: " in table and "cifar1001_b128" in table
     chart.chart(rows, str(tmp_path / "t.png"), "test")
     assert (tmp_path / "t.png").stat().st_size > 1000
@@ -420,6 +453,11 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
     assert labels == ["ours bf16", "ours f32", "torch-eager bf16",
                       "torch-eager f32"]
     assert value[("cifar110", 32, "train", "torch-eager f32")] == 88.0 and len(value) == 4
+    # --short_labels: one bar per implementation as configured; two lines for one bar are refused.
+    short = chart.short_labels(chart.load([path])[0])
+    assert sorted(r["impl"] for r in short) == ["ours", "ours", "torch-eager", "torch-eager"]
+    with pytest.raises(SystemExit, match="more than one line for"):
+        chart.short_labels(chart.load([path])[0] * 2)
 
 
 def test_colour_cost_counts_at_least_the_bytes_the_input_work_must_move():
