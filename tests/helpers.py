@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -45,11 +47,30 @@ def fake_prepared(name, data_dir, sizes):
     builder.info.write_to_directory(builder.data_dir)
 
 
+class _RealFs:
+    """Stands in for tfds' MockFs inside `mock_data`: the data_dir is real (fake_prepared), so no fake
+    file system is needed. MockFs patches file access process-wide while it is open, and the
+    pipeline opens the next epoch (`as_dataset`) in a background thread, so a builder made meanwhile
+    in the main thread read its labels file through the fake one and failed (once, 2026-11-27)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_file(self, path, content=None):
+        pass
+
+
+@contextlib.contextmanager
 def mock_data(data_dir, num_examples):
     import tensorflow_datasets as tfds
+    from tensorflow_datasets.testing import mocking
 
-    return tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES,
-                                  data_dir=data_dir)
+    with tfds.testing.mock_data(num_examples=num_examples, policy=tfds.testing.MockPolicy.USE_FILES,
+                                data_dir=data_dir), mock.patch.object(mocking.test_utils, "MockFs", _RealFs):
+        yield
 
 
 def free_port() -> int:
