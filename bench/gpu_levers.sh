@@ -36,8 +36,11 @@ PY
 #    the device's peak is the process's; ResNet-200 at batch 128 peaked at 8.99 GiB in the third run).
 ours 90 --config=experiments/cifar1001_b128.py --config.batch_size=128 --steps=10 --warmup=2
 # 3. ResNet-1001 (1,395 img/s with update-free graphs against 1,500): its call now returns after 6 of
-#    46 ms, so the GPU bounds it, at ~4 us per kernel of ~10,900. Fewer loop iterations (20 units
-#    each; compile time?) and fewer, larger kernels (BN partial sums, in gpu_compare.sh).
+#    46 ms, so the GPU bounds it, at ~4 us per kernel of ~10,900. First without the zero-fill of
+#    scan's stacked residuals (bench/scan_empty_check.py: 2.49 GB a step in XLA's count, once-a-step
+#    kernels of 0.14-0.55 ms in the profile), then fewer loop iterations (20 units each; compile
+#    time?) and fewer, larger kernels (BN partial sums, in gpu_compare.sh).
+BENCH="python3 bench/scan_empty_check.py" ours 90 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3
 ours 150 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.scan_unroll=20 \
   "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.scan_unroll=5"
 # 4. ResNet-50 (7,544 img/s with the stem on 2x2 blocks against 9,000; its device busy 30.8 of 31.4 ms

@@ -43,8 +43,9 @@ ours() {  # ours TIMEOUT_S ARGS...: one JSON line per run into ours.jsonl, a fai
   # first: ml_collections wants --config=FILE before any --config.field override.
   local extra="--config.model.dtype=bfloat16 ${OURS_EXTRA:-}" args=() a
   for a in "$@"; do [[ $a == --also=* ]] && args+=("$a $extra") || args+=("$a"); done
-  # shellcheck disable=SC2086  # $extra is a list of flags, split on purpose
-  timeout "$t" python3 -m resnet_v2_jax.benchmark "${args[@]}" --json --peak_tflops="$PEAK" $extra \
+  # BENCH: another command that takes the benchmark's flags (bench/scan_empty_check.py).
+  # shellcheck disable=SC2086  # $extra is a list of flags, $BENCH a command line: split on purpose
+  timeout "$t" ${BENCH:-python3 -m resnet_v2_jax.benchmark} "${args[@]}" --json --peak_tflops="$PEAK" $extra \
     >>"$OUT/ours.jsonl" 2>>"$OUT/log.txt" || echo "{\"impl\": \"ours\", \"failed\": \"$*\"}" >>"$OUT/ours.jsonl"
   echo "  ($((SECONDS - s)) s)" | tee -a "$OUT/log.txt"
 }

@@ -460,6 +460,39 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
         chart.short_labels(chart.load([path])[0] * 2)
 
 
+def test_scan_empty_check_allocates_scan_outputs_uninitialised_on_gpu_and_changes_no_number(monkeypatch):
+    """bench/scan_empty_check.py, the GPU measurement of scan's zero-filled stacked outputs: after its
+    patch a scan lowered for CUDA allocates its stacked output (AllocateBuffer) where JAX zero-fills
+    it, and on this CPU its benchmark line reports the loss of the unpatched step."""
+    import importlib.util
+
+    import jax
+    import jax.numpy as jnp
+    from jax._src.lax.control_flow import loops
+
+    spec = importlib.util.spec_from_file_location("scan_empty_check", ROOT / "bench" / "scan_empty_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+
+    def cuda_text():  # a new function each time: jit caches lowerings per function
+        def f(x):
+            return jax.lax.scan(lambda c, _: (c * 2, c), x, None, length=4)[1]
+        return jax.jit(f).trace(jnp.ones(3)).lower(lowering_platforms=("cuda",)).as_text()
+
+    assert "AllocateBuffer" not in cuda_text()
+    monkeypatch.setattr(loops, "_empty_array", loops._empty_array)  # restored after the test
+    check.patch_scan()
+    assert "AllocateBuffer" in cuda_text()
+    args = ["--config=experiments/cifar1001.py", "--config.model.depth=11", "--config.batch_size=8", "--steps=1",
+            "--warmup=0", "--json"]
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "scan_empty_check.py"), *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    (line,) = json_lines(p.stdout)
+    (plain,) = json_lines(run_cli(*args).stdout)
+    assert line["impl"] == "ours_scan_empty" and line["scan"] is True and line["loss"] == plain["loss"]
+
+
 def test_colour_cost_counts_at_least_the_bytes_the_input_work_must_move():
     """bench/colour_cost.py, the GPU-time estimate of the ImageNet step's on-device input work:
     normalising reads n uint8 bytes and writes 4n float32 bytes; the colour jitter adds passes."""
