@@ -107,7 +107,8 @@ def default() -> ml_collections.ConfigDict:
     # are kernel-bound there. The kernels removed are small ones, and the first pass then runs on
     # 16-32 thread blocks where XLA uses 128-256. Timed on one H200 with serial CUDA graphs
     # (2026-11-27, BENCHMARKS.md): ResNet-1001 +9.5%, ResNet-110 -8%, ResNet-164 -3%, ResNet-50 -2%;
-    # with concurrent graphs ResNet-110 the same. Off.
+    # with concurrent graphs ResNet-110 the same, ResNet-1001 +4.4%; with the update-free graphs
+    # (third run) ResNet-1001 -0.8%, ResNet-164 -11%. Off.
     m.bn_partial_sums = False
     # A BN-ReLU whose only consumer is the next convolution runs with it as one op whose backward
     # recomputes the BN-ReLU output from BN's saved input, instead of keeping it: in a scanned stage
