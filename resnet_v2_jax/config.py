@@ -258,9 +258,10 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
         raise ValueError(f"model.shortcut_dropout={model.shortcut_dropout!r} must be in [0, 1)")
 
 
-# The first jaxlib whose XLA knows each flag the configs set that older ones do not (found by
-# searching the jaxlib wheels' libraries for the name; setup.cfg's jax floor covers them all).
-# The first jaxlib whose XLA knows a flag ("--name") or one of its values ("--name=VALUE").
+# The first jaxlib whose XLA knows a flag ("--name") or one of its values ("--name=VALUE"), for the
+# flags the configs set that older ones do not: the concurrent mode found by searching the jaxlib
+# wheels' libraries for the name (setup.cfg's jax floor covers it), SKIP_PROFILED the version the
+# H200 ran (0.10.2's XLA aborts on it; 0.11.0 and 0.11.1 untried).
 XLA_FLAG_MIN_JAXLIB = {"--xla_gpu_command_buffer_scheduling_mode": (0, 7, 1), UPDATE_FREE_GRAPHS: (0, 11, 2)}
 
 
@@ -273,16 +274,17 @@ def _jaxlib_version() -> tuple[int, ...] | None:
         return None
 
 
-def _min_jaxlib(flag: str) -> tuple[int, ...] | None:
+def _newer_jaxlib_needed(flag: str) -> tuple[int, ...] | None:
+    """The jaxlib `flag` needs when the installed one is older (unknown versions pass), else None."""
     needs = [XLA_FLAG_MIN_JAXLIB.get(key) for key in (flag, flag.split("=")[0])]
-    return max((need for need in needs if need), default=None)
+    need, have = max((n for n in needs if n), default=None), _jaxlib_version()
+    return need if have and need and have < need else None
 
 
 def known_xla_flags(*flags: str) -> str:
     """The flags the installed jaxlib's XLA knows, space-separated: what a config may set by default
     without aborting an older XLA (`validate_xla_flags` refuses the rest, naming the jaxlib)."""
-    have = _jaxlib_version()
-    return " ".join(f for f in flags if not (have and _min_jaxlib(f) and have < _min_jaxlib(f)))
+    return " ".join(f for f in flags if not _newer_jaxlib_needed(f))
 
 
 # Every CIFAR experiment's XLA flags (default()'s comment has the timings).
@@ -296,10 +298,10 @@ def validate_xla_flags(xla_flags: str) -> None:
     if bad:
         raise ValueError(f"xla_flags={xla_flags!r}: {bad[0]!r} is not an XLA flag (--xla_...); "
                          "separate flags with spaces")
-    have = _jaxlib_version()
     for flag in xla_flags.split():
-        need = _min_jaxlib(flag)
-        if have and need and have < need:
+        need = _newer_jaxlib_needed(flag)
+        if need:
+            have = _jaxlib_version()
             raise ValueError(
                 f"xla_flags: {flag} needs jaxlib >= {'.'.join(map(str, need))} (installed: "
                 f"{'.'.join(map(str, have))}), whose XLA would abort on it; upgrade jax and jaxlib, or "
