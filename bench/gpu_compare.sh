@@ -26,16 +26,22 @@ source "$(dirname "$0")/gpu_lib.sh"
 #    kernels or gaps bound it: trace_summary.py), then ResNet-1001 with model.bn_partial_sums (BN's
 #    forward sums in one kernel instead of two: +4.4% with concurrent graphs, -0.8% with
 #    update-free ones, third run; unsettled).
-cifar=(--config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --profile_steps=5
-  "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3"
-  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --profile_steps=3"
-  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.bn_partial_sums=True")
-ours 270 "${cifar[@]}"
+#    With --profile_dir the profiled runs also save every kernel's time and the compiled step, which
+#    bench/kernel_bandwidth.py sets beside each kernel's bytes afterwards ($OUT/profiles.tgz).
+cifar() {  # cifar PROFILE_FLAGS: the CIFAR runs in one process; PROFILE_FLAGS empty: none profiled
+  # shellcheck disable=SC2086  # $1 is a list of flags: split on purpose
+  ours 270 --config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 \
+    ${1:+--profile_steps=5 $1} \
+    "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3" \
+    "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3${1:+ --profile_steps=3 $1}" \
+    "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.bn_partial_sums=True"
+}
+cifar "--profile_dir=$PROFILES"
 if ! grep -q images_per_second "$OUT/ours.jsonl"; then
   # No line at all: ours cannot run here, or the process died while profiling ResNet-110's first run.
   # The same runs once more, unprofiled.
   echo "no line from the first process; its runs once more, without profiles" | tee -a "$OUT/log.txt"
-  ours 270 "${cifar[@]//--profile_steps=[1-9]/--profile_steps=0}"
+  cifar ""
 fi
 if ! grep -q images_per_second "$OUT/ours.jsonl"; then  # ours cannot run here: stop, keep the device time
   echo "ours failed on the first model; log tail:"; tail -40 "$OUT/log.txt"; exit 3

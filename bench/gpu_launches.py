@@ -176,10 +176,11 @@ def _fusion_traffic(body: list[tuple[str, str]]) -> tuple[dict[int, int], int | 
     return reads, written
 
 
-def kernel_bytes(text: str) -> dict:
-    """Bytes the launched kernels of one call of the module read and write, loops times their trip
-    counts, in total and by kind (fusion kind, cuDNN call, copy): a floor on the step's GPU time at
-    the card's memory bandwidth, beside `count_launches`' kernels.
+def kernel_rows(text: str) -> dict[str, dict]:
+    """Each launched kernel of one call of the module in `text`, by its HLO name: {"kind" (fusion
+    kind, cuDNN call, copy), "calls" (per call of the module: loops times their trip counts), "bytes"
+    (what one launch reads and writes)}. `kernel_bytes` sums them; `bench/kernel_bandwidth.py` sets
+    them beside a profile's kernel times, whose fusion kernels carry these names.
 
     Each kernel counts its result and its operands once (an upper bound where a kernel reads an
     operand partly, such as a convolution's padding; a lower one where it reads twice), a fusion's
@@ -188,7 +189,7 @@ def kernel_bytes(text: str) -> dict:
     operand defined outside the computation (a loop's parameters come through get-tuple-element)
     counts at the shape its get-tuple-element names."""
     computations, entry = parse_hlo(text)
-    by_kind: collections.Counter = collections.Counter()
+    rows: dict[str, dict] = {}
 
     def walk(name: str, times: int) -> None:
         sizes = {}
@@ -221,9 +222,20 @@ def kernel_bytes(text: str) -> dict:
                     target = re.search(r'custom_call_target="([^"]+)"', line)
                     kind = f"custom-call {target.group(1)}" if target else op
                     written = _shape_bytes(re.sub(r"u8\[[0-9,]*\]", "", shape))  # without the workspace
-                by_kind[kind] += times * (written + sum(reads))
+                row = rows.setdefault(result, {"kind": kind, "calls": 0, "bytes": written + sum(reads)})
+                row["calls"] += times
 
     walk(entry, 1)
+    return rows
+
+
+def kernel_bytes(text: str) -> dict:
+    """Bytes the launched kernels of one call of the module read and write (`kernel_rows`), loops
+    times their trip counts, in total and by kind (fusion kind, cuDNN call, copy): a floor on the
+    step's GPU time at the card's memory bandwidth, beside `count_launches`' kernels."""
+    by_kind: collections.Counter = collections.Counter()
+    for row in kernel_rows(text).values():
+        by_kind[row["kind"]] += row["calls"] * row["bytes"]
     return {"kernel_bytes": sum(by_kind.values()), "bytes_by_kind": dict(by_kind.most_common())}
 
 

@@ -58,8 +58,11 @@ peer() {  # peer TIMEOUT_S MODEL BATCH STEPS MODE
   echo "  ($((SECONDS - s)) s)" | tee -a "$OUT/log.txt"
 }
 
+PROFILES="$OUT/profiles"  # benchmark --profile_dir: kernel tables and compiled HLO, for bench/kernel_bandwidth.py
 finish() {  # the chart and table of everything measured, printed last (the reply shows the end)
   touch "$OUT/ours.jsonl" "$OUT/peer.jsonl"
+  # At most 8 files come back from a device call: the saved profiles travel as one archive.
+  if [ -d "$PROFILES" ]; then tar czf "$OUT/profiles.tgz" -C "$OUT" profiles && rm -rf "$PROFILES"; fi
   python3 bench/chart.py "$OUT/ours.jsonl" "$OUT/peer.jsonl" --png "$OUT/throughput.png" --md "$OUT/table.md" \
     --title "bf16 training step, $(head -1 "$OUT/gpu.txt" | cut -d, -f1)" || true
   cat "$OUT/table.md" 2>/dev/null

@@ -89,14 +89,8 @@ def host_top(events: list[dict], steps: int, top: int) -> list[dict]:
             for k, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]]
 
 
-def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
-    """Per-step device time of a trace covering `steps` steps (milliseconds, counts per step).
-
-    `busy_ms`: time at least one kernel ran (overlaps counted once); `span_ms`: first kernel start to
-    last kernel end; `idle_ms` = span - busy, the gaps; `kernel_ms`: the kernels' summed durations;
-    `by_duration`: the kernels by how long each ran (`DURATION_BINS_US`); `host_top`: the host's
-    events by name (`host_top`), also where the trace holds no device events (a CPU).
-    """
+def device_kernels(trace: dict | list) -> tuple[list[dict], dict, dict]:
+    """(kernel events, {pid: process name}, {(pid, tid): device thread name}) of a trace."""
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
     processes = {e["pid"]: str((e.get("args") or {}).get("name", "")) for e in events
                  if e.get("ph") == "M" and e.get("name") == "process_name"}
@@ -111,7 +105,32 @@ def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
         key = (e.get("pid"), e.get("tid"))
         return e.get("pid") in devices and (key in kernel_threads or key not in threads)
 
-    kernels = [e for e in events if e.get("ph") == "X" and "dur" in e and is_kernel(e)]
+    return [e for e in events if e.get("ph") == "X" and "dur" in e and is_kernel(e)], processes, threads
+
+
+def kernel_table(trace: dict | list, steps: int) -> list[dict]:
+    """Every kernel name of the trace with its time and launches per step, longest first: `summarize`'s
+    `top` without the cut, for `bench/kernel_bandwidth.py`, which sets each fusion's time beside the
+    bytes XLA's program says it moves."""
+    by_name = collections.defaultdict(lambda: [0.0, 0])
+    for e in device_kernels(trace)[0]:
+        by_name[e["name"]][0] += float(e["dur"])
+        by_name[e["name"]][1] += 1
+    return [{"name": k, "ms": round(v[0] / (1e3 * steps), 4), "count": round(v[1] / steps, 1)}
+            for k, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])]
+
+
+def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
+    """Per-step device time of a trace covering `steps` steps (milliseconds, counts per step).
+
+    `busy_ms`: time at least one kernel ran (overlaps counted once); `span_ms`: first kernel start to
+    last kernel end; `idle_ms` = span - busy, the gaps; `kernel_ms`: the kernels' summed durations;
+    `by_duration`: the kernels by how long each ran (`DURATION_BINS_US`); `host_top`: the host's
+    events by name (`host_top`), also where the trace holds no device events (a CPU).
+    """
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    kernels, processes, threads = device_kernels(events)
+    devices = {pid for pid, name in processes.items() if name.startswith("/device:")}
     # The trace's process and device thread names say where to look when the numbers look wrong.
     out = {"steps": steps, "device_events": len(kernels), "processes": sorted(set(processes.values())),
            "device_threads": sorted(set(threads.values())),
@@ -122,10 +141,10 @@ def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
         return out
     spans = [(float(e["ts"]), float(e["ts"]) + float(e["dur"])) for e in kernels]
     busy, span = _union_us(spans), max(b for _, b in spans) - min(a for a, _ in spans)
-    by_cat, by_name = collections.defaultdict(lambda: [0.0, 0]), collections.defaultdict(lambda: [0.0, 0])
+    by_cat = collections.defaultdict(lambda: [0.0, 0])
     by_dur = {duration_bin(lo): [0.0, 0] for lo in (0,) + DURATION_BINS_US}
     for e in kernels:
-        for table, key in ((by_cat, category(e)), (by_name, e["name"]), (by_dur, duration_bin(float(e["dur"])))):
+        for table, key in ((by_cat, category(e)), (by_dur, duration_bin(float(e["dur"])))):
             table[key][0] += float(e["dur"])
             table[key][1] += 1
     per = 1e3 * steps  # microseconds over all steps -> milliseconds per step
@@ -138,7 +157,6 @@ def summarize(trace: dict | list, steps: int, top: int = 12) -> dict:
         "by_category": {k: {"ms": round(v[0] / per, 3), "count": round(v[1] / steps, 1)}
                         for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1][0])},
         "by_duration": {k: {"ms": round(v[0] / per, 3), "count": round(v[1] / steps, 1)} for k, v in by_dur.items()},
-        "top": [{"name": k[:120], "ms": round(v[0] / per, 3), "count": round(v[1] / steps, 1)}
-                for k, v in sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]],
+        "top": [dict(k, name=k["name"][:120], ms=round(k["ms"], 3)) for k in kernel_table(events, steps)[:top]],
     })
     return out

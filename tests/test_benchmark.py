@@ -82,10 +82,11 @@ def test_back_to_back_steps_follow_the_blocked_ones_and_are_reported_apart():
     assert log == ["a.step", "a.step", "a.loop(2)"] and times == [[2.0, 2.0]] and loops == [2.0]
 
 
-def test_train_step_json_and_no_tensorflow():
+def test_train_step_json_and_no_tensorflow(tmp_path):
     also = ("--config=experiments/cifar10_resnet110.py --config.model.depth=14 --config.batch_size=8 --steps=1 --eval"
             " --config.model.bn_partial_sums=True --config.bn_group_size=4")
-    p = run_cli(*TINY, "--peak_tflops=1.0", "--profile_steps=1", "--distinct_batches=2", f"--also={also}")
+    p = run_cli(*TINY, "--peak_tflops=1.0", "--profile_steps=1", "--distinct_batches=2", f"--also={also}",
+                f"--profile_dir={tmp_path}")
     assert p.returncode == 0, p.stderr
     r, second = json_lines(p.stdout)
     assert r["distinct_batches"] == 2 and second["distinct_batches"] == 1
@@ -99,6 +100,12 @@ def test_train_step_json_and_no_tensorflow():
     assert r["setup_s"] >= r["compile_s"]  # config to compiled step includes the compile
     # The real profiler trace of one more step, read back: a CPU has no device events, only the host's.
     assert r["profile"]["device_events"] == 0 and "/host:CPU" in r["profile"]["processes"]
+    # --profile_dir: every kernel's time (none on a CPU) and the compiled step that ran, read back by
+    # bench/kernel_bandwidth.py's loader and gpu_launches' HLO reader.
+    prefix = str(tmp_path / f"cifar8_b8_{r['profile']['saved'][0].split('_b8_')[1].split('.')[0]}")
+    assert r["profile"]["saved"] == [prefix + ".kernels.json", prefix + ".hlo.gz"]
+    kernels, hlo = _bench_module("kernel_bandwidth").load(prefix)
+    assert kernels == [] and "ENTRY" in hlo and _gpu_launches().kernel_rows(hlo)
     assert r["xla_flags"].endswith(config_lib.CIFAR_XLA_FLAGS)  # the CIFAR config's flags, set by main
     # A profiling process keeps XLA's CUDA graphs while traced, so the profiled steps are the timed ones.
     assert benchmark.PROFILE_XLA_FLAGS in r["xla_flags"].split()
@@ -191,13 +198,19 @@ def _instructions(hlo: str) -> list[str]:
     return sorted(re.sub(r"%[\w.\-]+", "%x", line) for line in lines)
 
 
-def _gpu_launches():
+def _bench_module(name: str):
+    """bench/NAME.py, imported as scripts there run (bench/ on the path)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_launches", ROOT / "bench" / "gpu_launches.py")
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _gpu_launches():
+    return _bench_module("gpu_launches")
 
 
 LAUNCH_HLO = """HloModule m
@@ -323,6 +336,38 @@ def test_kernel_bytes_counts_views_in_place_updates_and_workspaces():
     assert got["kernel_bytes"] == 728
 
 
+def test_kernel_bandwidth_sets_each_fusion_time_beside_its_bytes(tmp_path):
+    """bench/kernel_bandwidth.py on BYTES_HLO and a profile of its kernels: `unit` runs 3 times a step,
+    68 bytes each, in 2.04e-7 ms a step (1 TB/s); `g` once, 64 bytes in 1.6e-8 ms (4 TB/s); the cuDNN
+    kernel has a library name, so it is summed by kind. At 2 TB/s `unit` is 1.02e-7 ms too slow and
+    `g` faster than needed (never counted as a saving)."""
+    import gzip
+
+    kb = _bench_module("kernel_bandwidth")
+    rows = _gpu_launches().kernel_rows(BYTES_HLO)
+    assert rows["unit"] == {"kind": "unit", "calls": 3, "bytes": 68} and rows["g"]["calls"] == 1
+    kernels = [{"name": "unit", "ms": 2.04e-7, "count": 3.0}, {"name": "sm90_xmma_fprop_implicit_gemm",
+               "ms": 0.5, "count": 3.0}, {"name": "g", "ms": 1.6e-8, "count": 1.0}]
+    r = kb.join(kernels, BYTES_HLO, tbps=2.0)
+    assert [row["name"] for row in r["rows"]] == ["unit", "g"] and r["unmatched_ms"] == {"convolution": 0.5}
+    unit, g = r["rows"]
+    assert unit["gb"] == pytest.approx(204e-9) and unit["tbps"] == pytest.approx(1.0)
+    assert unit["above_ms"] == pytest.approx(1.02e-7) and g["tbps"] == pytest.approx(4.0)
+    assert r["above_ms"] == pytest.approx(1.02e-7) and r["matched"] == 2
+    # The CLI on saved files, as benchmark --profile_dir writes them; a wrong prefix is one line.
+    (tmp_path / "p.kernels.json").write_text(json.dumps(kernels))
+    with gzip.open(tmp_path / "p.hlo.gz", "wt") as f:
+        f.write(BYTES_HLO)
+    p = subprocess.run([sys.executable, "bench/kernel_bandwidth.py", str(tmp_path / "p"), "--tbps=2"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "2 kernels matched to the HLO" in p.stdout and "convolution 0.500 ms" in p.stdout
+    assert "| unit | unit | 0.000 | 3 | 0.000 | 1.00 | 0.000 |" in p.stdout
+    p = subprocess.run([sys.executable, "bench/kernel_bandwidth.py", str(tmp_path / "q")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.startswith("error: No such file or directory") and "Traceback" not in p.stderr
+
+
 def test_kernel_bytes_of_cpu_compiled_programs():
     """On XLA's own programs: an elementwise function of 1,000 floats reads and writes 4,000 bytes;
     a scan over 10 rows of a 10 x 1,000 array reads and writes each row once (XLA also zero-fills
@@ -374,6 +419,7 @@ BAD = [
     ["--config=experiments/cifar10_resnet110.py", "--distinct_batches=0"],
     ["--config=experiments/cifar10_resnet110.py", "--config.xla_flags=gpu_autotune_level=0"],
     ["--config=experiments/cifar10_resnet110.py", "--profile_steps=2", "--compare"],
+    ["--config=experiments/cifar10_resnet110.py", "--profile_dir=/tmp/x"],  # saves a profile it does not take
     # --also runs share the process, so its XLA flags: ImageNet's differ from CIFAR's.
     ["--config=experiments/cifar10_resnet110.py", "--also=--config=experiments/imagenet_resnet50.py"],
     ["--config=experiments/cifar10_resnet110.py", "--also=--config=experiments/cifar10_resnet110.py --steps=0"],
@@ -575,6 +621,12 @@ def test_trace_summary_per_step_device_time_of_a_known_trace():
         "convolution": 1.0, "reduction": 0.5, "fusion": 0.5, "copy": 0.5, "other": 0.5}
     assert s["by_category"]["convolution"]["ms"] == pytest.approx(0.4)
     assert s["top"][0] == {"name": "sm90_xmma_fprop_implicit_gemm", "ms": 0.4, "count": 1.0}
+    assert trace_summary.kernel_table({"traceEvents": events}, steps=2) == [  # every kernel, uncut
+        {"name": "sm90_xmma_fprop_implicit_gemm", "ms": 0.4, "count": 1.0},
+        {"name": "input_reduce_fusion.3", "ms": 0.15, "count": 0.5},
+        {"name": "loop_maximum_fusion.1", "ms": 0.05, "count": 0.5},
+        {"name": "nvjet_tst_weird_kernel", "ms": 0.05, "count": 0.5},
+        {"name": "Memcpy DtoD", "ms": 0.025, "count": 0.5}]
     assert s["by_duration"] == {  # 400, 300, 400 us; 100, 100; 50 (two steps)
         "0-3us": {"ms": 0.0, "count": 0.0}, "3-10us": {"ms": 0.0, "count": 0.0},
         "10-30us": {"ms": 0.0, "count": 0.0}, ">=30us": {"ms": 0.675, "count": 3.0}}
