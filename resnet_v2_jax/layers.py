@@ -299,27 +299,39 @@ def _max_pool_fwd(x, window, stride, padding):
 
 
 def _max_pool_bwd(window, stride, padding, res, g):
-    """Each input element gathers its 1 to 4 window shares, phase by phase, instead of adding up nine
-    strided scatters of the whole grid: the padded grid's rows P = stride * q + r (phase r) take
-    share a = r + stride * j from output row q - j, so a phase is a sum of shifted (not strided)
-    shares, and the phases interleave by a reshape. Same sums in the same order (a ascending)."""
+    """Each input element tests its 1-4 windows by value, without a branch: on the padded input grid,
+    row P = stride * m + r (phase r) is row a = r + stride * j of output row m - j's window, so for
+    each shift (j, i) the gradient and the first-maximum index, read at output (m - j, k - i)
+    through a clamped gather, count where that window exists and its index is (a, b). Same sums in
+    the same order (j, then i, ascending) as the scatter's.
+
+    Why not stack the phases (the previous form, session 12): XLA's GPU code for that interleave
+    branches on each pixel's column parity, and a warp holds two neighbouring pixels, so every warp
+    ran both branches, with scalar loads: the H200 took 0.94 ms for its 0.57 GB (0.6 TB/s; ResNet-50,
+    batch 256, 2026-11-27, third run). Compiled for an H200 (bench/gpu_launches.py's target), this
+    form is one kernel with no branch and 4-channel vector loads (2026-11-27, session 14)."""
     first, (n, h, w, c) = res
     ho, wo = g.shape[1], g.shape[2]
     qh, qw = -(-(h + 2 * padding) // stride), -(-(w + 2 * padding) // stride)
-    g32, zero = g.astype(jnp.float32), jnp.float32(0)
-    rows = []
-    for r in range(stride):
-        cols = []
-        for s in range(stride):
-            acc = jnp.zeros((n, qh, qw, c), jnp.float32)
-            for j in range(-(-(window - r) // stride)):
-                for i in range(-(-(window - s) // stride)):
-                    part = jnp.where(first == (r + stride * j) * window + s + stride * i, g32, zero)
-                    acc = acc + jax.lax.pad(part, zero, ((0, 0, 0), (j, qh - ho - j, 0), (i, qw - wo - i, 0),
-                                                         (0, 0, 0)))
-            cols.append(acc)
-        rows.append(jnp.stack(cols, axis=3))  # (n, qh, qw, stride, c): column phases
-    dxp = jnp.stack(rows, axis=2).reshape(n, qh * stride, qw * stride, c)  # (n, qh, r, qw, s, c) interleaved
+    blocks = (n, qh, stride, qw, stride, c)  # the padded input grid as (output row, phase) x (column, phase)
+
+    def grid(axis):
+        return jax.lax.broadcasted_iota(jnp.int32, blocks, axis).reshape(n, qh * stride, qw * stride, c)
+
+    def spread(x):  # an output-grid array read at each input element's output row and column
+        return jnp.broadcast_to(x[:, :, None, :, None, :], blocks).reshape(n, qh * stride, qw * stride, c)
+
+    r, s, m, k = grid(2), grid(4), grid(1), grid(3)
+    g32 = g.astype(jnp.float32)
+    dxp = jnp.zeros((n, qh * stride, qw * stride, c), jnp.float32)
+    for j in range(-(-window // stride)):
+        rows = jnp.clip(jnp.arange(qh) - j, 0, ho - 1)
+        for i in range(-(-window // stride)):
+            cols = jnp.clip(jnp.arange(qw) - i, 0, wo - 1)
+            a, b = r + stride * j, s + stride * i
+            exists = (m >= j) & (m - j < ho) & (k >= i) & (k - i < wo) & (a < window) & (b < window)
+            hit = exists & (spread(first[:, rows][:, :, cols]) == (a * window + b).astype(first.dtype))
+            dxp = dxp + jnp.where(hit, spread(g32[:, rows][:, :, cols]), 0.0)
     return (dxp[:, padding:padding + h, padding:padding + w].astype(g.dtype),)
 
 
