@@ -266,13 +266,37 @@ class ConvKernel(nn.Module):
         return self.param("kernel", self.kernel_init, self.shape, jnp.float32)
 
 
+def _on_gpu() -> bool:
+    return (TARGET_PLATFORM or jax.default_backend()) == "gpu"
+
+
 def _pool_windows(x, window: int, stride: int, padding: int):
-    """The window*window strided views of -inf-padded NHWC x, in the window's row-major order."""
-    xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
-    n, hp, wp, c = xp.shape
-    ho, wo = (hp - window) // stride + 1, (wp - window) // stride + 1
-    return [jax.lax.slice(xp, (0, a, b, 0), (n, a + stride * (ho - 1) + 1, b + stride * (wo - 1) + 1, c),
-                          (1, stride, stride, 1)) for a in range(window) for b in range(window)]
+    """The window*window strided views of -inf-padded NHWC x, in the window's row-major order.
+
+    On a GPU each view is a clamped gather of x with -inf where the window reaches into the
+    padding, not a strided slice of a padded copy: XLA's GPU code for the pad branches per element
+    and loads one element at a time (the ResNet-50 stem's two pool kernels: 36 scalar loads and ~20
+    branches a thread), the gathers none, with 4-channel vector loads (compiled for an H200,
+    2026-11-27, session 14). Elsewhere the slices: a CPU runs the gathers 3x slower, and a TPU's
+    gathers have not been tried. The same values either way (tests run both)."""
+    if not _on_gpu():
+        xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
+        n, hp, wp, c = xp.shape
+        ho, wo = (hp - window) // stride + 1, (wp - window) // stride + 1
+        return [jax.lax.slice(xp, (0, a, b, 0), (n, a + stride * (ho - 1) + 1, b + stride * (wo - 1) + 1, c),
+                              (1, stride, stride, 1)) for a in range(window) for b in range(window)]
+    n, h, w, c = x.shape
+    ho, wo = (h + 2 * padding - window) // stride + 1, (w + 2 * padding - window) // stride + 1
+    top = jax.lax.broadcasted_iota(jnp.int32, (n, ho, wo, c), 1) * stride - padding  # each window's first row
+    left = jax.lax.broadcasted_iota(jnp.int32, (n, ho, wo, c), 2) * stride - padding
+    views = []
+    for a in range(window):
+        rows = jnp.clip(stride * jnp.arange(ho) + a - padding, 0, h - 1)
+        for b in range(window):
+            cols = jnp.clip(stride * jnp.arange(wo) + b - padding, 0, w - 1)
+            inside = (top + a >= 0) & (top + a < h) & (left + b >= 0) & (left + b < w)
+            views.append(jnp.where(inside, x[:, rows][:, :, cols], -jnp.inf))
+    return views
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
@@ -299,17 +323,46 @@ def _max_pool_fwd(x, window, stride, padding):
 
 
 def _max_pool_bwd(window, stride, padding, res, g):
+    return (_max_pool_bwd_gathered if _on_gpu() else _max_pool_bwd_phases)(window, stride, padding, res, g)
+
+
+def _max_pool_bwd_phases(window, stride, padding, res, g):
+    """Each input element gathers its 1 to 4 window shares, phase by phase, instead of adding up nine
+    strided scatters of the whole grid: the padded grid's rows P = stride * q + r (phase r) take
+    share a = r + stride * j from output row q - j, so a phase is a sum of shifted (not strided)
+    shares, and the phases interleave by a reshape. Same sums in the same order (a ascending)."""
+    first, (n, h, w, c) = res
+    ho, wo = g.shape[1], g.shape[2]
+    qh, qw = -(-(h + 2 * padding) // stride), -(-(w + 2 * padding) // stride)
+    g32, zero = g.astype(jnp.float32), jnp.float32(0)
+    rows = []
+    for r in range(stride):
+        cols = []
+        for s in range(stride):
+            acc = jnp.zeros((n, qh, qw, c), jnp.float32)
+            for j in range(-(-(window - r) // stride)):
+                for i in range(-(-(window - s) // stride)):
+                    part = jnp.where(first == (r + stride * j) * window + s + stride * i, g32, zero)
+                    acc = acc + jax.lax.pad(part, zero, ((0, 0, 0), (j, qh - ho - j, 0), (i, qw - wo - i, 0),
+                                                         (0, 0, 0)))
+            cols.append(acc)
+        rows.append(jnp.stack(cols, axis=3))  # (n, qh, qw, stride, c): column phases
+    dxp = jnp.stack(rows, axis=2).reshape(n, qh * stride, qw * stride, c)  # (n, qh, r, qw, s, c) interleaved
+    return (dxp[:, padding:padding + h, padding:padding + w].astype(g.dtype),)
+
+
+def _max_pool_bwd_gathered(window, stride, padding, res, g):
     """Each input element tests its 1-4 windows by value, without a branch: on the padded input grid,
     row P = stride * m + r (phase r) is row a = r + stride * j of output row m - j's window, so for
     each shift (j, i) the gradient and the first-maximum index, read at output (m - j, k - i)
     through a clamped gather, count where that window exists and its index is (a, b). Same sums in
     the same order (j, then i, ascending) as the scatter's.
 
-    Why not stack the phases (the previous form, session 12): XLA's GPU code for that interleave
-    branches on each pixel's column parity, and a warp holds two neighbouring pixels, so every warp
-    ran both branches, with scalar loads: the H200 took 0.94 ms for its 0.57 GB (0.6 TB/s; ResNet-50,
-    batch 256, 2026-11-27, third run). Compiled for an H200 (bench/gpu_launches.py's target), this
-    form is one kernel with no branch and 4-channel vector loads (2026-11-27, session 14)."""
+    The GPU's form: XLA's GPU code for `_max_pool_bwd_phases`' interleave branches on each pixel's
+    column parity, and a warp holds two neighbouring pixels, so every warp ran both branches, with
+    scalar loads: the H200 took 0.94 ms for its 0.57 GB (0.6 TB/s; ResNet-50, batch 256, 2026-11-27,
+    third run). Compiled for an H200 (bench/gpu_launches.py's target), this form is one kernel with
+    no branch and 4-channel vector loads (2026-11-27, session 14). A CPU runs it 4.6x slower."""
     first, (n, h, w, c) = res
     ho, wo = g.shape[1], g.shape[2]
     qh, qw = -(-(h + 2 * padding) // stride), -(-(w + 2 * padding) // stride)

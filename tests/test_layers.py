@@ -161,11 +161,21 @@ STEM_POOL = [(shape, dtype, 3, 2, 1) for shape in [(2, 112, 112, 8), (3, 7, 7, 4
 OTHER_POOLS = [((2, 8, 9, 3), jnp.float32, *geometry) for geometry in [(3, 1, 1), (2, 2, 0), (3, 3, 0), (2, 3, 1)]]
 
 
+@pytest.mark.parametrize("platform", [None, "gpu"], ids=["slices", "gathers"])
 @pytest.mark.parametrize("shape,dtype,window,stride,padding", STEM_POOL + OTHER_POOLS)
-def test_max_pool_is_nn_max_pool_and_its_gradient_exactly_ties_included(shape, dtype, window, stride, padding):
+def test_max_pool_is_nn_max_pool_and_its_gradient_exactly_ties_included(shape, dtype, window, stride, padding,
+                                                                         platform, monkeypatch):
     """The ImageNet stem's pool follows BN-ReLU, so windows of equal values (zeros) are common: the
     gradient must go to the same element as jax.grad of nn.max_pool gives it (the first maximum).
-    Other geometries check the backward's phases: overlapping windows, none, and gaps (2, 3, 1)."""
+    Other geometries check the backward's phases: overlapping windows, none, and gaps (2, 3, 1).
+    Both forms: the CPU's (strided slices, phases interleaved) and the GPU's (clamped gathers tested
+    by value, layers.TARGET_PLATFORM="gpu"; run here on the CPU)."""
+    monkeypatch.setattr(layers, "TARGET_PLATFORM", platform)
+    jax.clear_caches()
+    probe = jnp.zeros((1, 6, 6, 1), dtype)
+    jaxpr = str(jax.make_jaxpr(jax.grad(lambda x: layers.max_pool(x, 3, 2, 1).astype(jnp.float32).sum()))(probe))
+    assert ("gather" in jaxpr) == (platform == "gpu")
+
     def reference(x):
         return nn.max_pool(x, (window, window), strides=(stride, stride), padding=[(padding, padding)] * 2)
 
