@@ -368,6 +368,42 @@ def test_kernel_bandwidth_sets_each_fusion_time_beside_its_bytes(tmp_path):
     assert p.returncode == 2 and p.stderr.startswith("error: No such file or directory") and "Traceback" not in p.stderr
 
 
+PTX = """//
+.visible .entry unit(
+\t.param .u64 .ptr .align 16 unit_param_0
+)
+{
+\tld.global.nc.v4.b16 \t{%rs1, %rs2, %rs3, %rs4}, [%rd1];
+\tld.global.nc.b8 \t%rs5, [%rd2];
+\t@%p1 bra \t$L__BB0_2;
+\tst.global.v2.b32 \t[%rd3], {%r1, %r2};
+}
+.visible .entry g(
+\t.param .u64 .ptr .align 16 g_param_0
+)
+{
+\tld.global.nc.b16 \t%rs1, [%rd1];
+\tld.global.nc.b16 \t%rs2, [%rd2];
+}
+"""
+
+
+def test_kernel_code_reads_branches_and_loads_from_ptx():
+    """gpu_launches --code: each kernel's PTX facts beside its bytes, largest first; a fusion that XLA
+    gives another's kernel (`deduplicated_name`) gets that kernel's facts; library calls none."""
+    g = _gpu_launches()
+    ptx = g.ptx_kernels(PTX)
+    assert ptx == {"unit": {"lines": 7, "branches": 1, "scalar_loads": 1, "vector_loads": 1},
+                   "g": {"lines": 5, "branches": 0, "scalar_loads": 2, "vector_loads": 0}}
+    hlo = BYTES_HLO.replace("%stored = f32[3,8] fusion(%out, %y, %i), kind=kLoop, calls=%store_unit",
+                            '%stored = f32[3,8] fusion(%out, %y, %i), kind=kLoop, calls=%store_unit, '
+                            'metadata={op_name="x" deduplicated_name="unit"}')  # as XLA writes it
+    table = g.code_table(hlo, ptx, top=5)
+    assert [(r["name"], r["bytes"]) for r in table] == [("unit", 204), ("stored", 204), ("conv", 192), ("g", 64),
+                                                        ("out", 64)]
+    assert table[1]["scalar_loads"] == 1 and table[3]["scalar_loads"] == 2 and "lines" not in table[2]
+
+
 def test_kernel_bytes_of_cpu_compiled_programs():
     """On XLA's own programs: an elementwise function of 1,000 floats reads and writes 4,000 bytes;
     a scan over 10 rows of a 10 x 1,000 array reads and writes each row once (XLA also zero-fills
