@@ -45,13 +45,11 @@ ours 150 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --w
   "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.scan_unroll=5"
 # 4. ResNet-50 (7,544 img/s with the stem on 2x2 blocks against 9,000; its device busy 30.8 of 31.4 ms
 #    a step: convolutions 16.9, fusions 7.4, BN reductions 6.7 ms): the latency-hiding scheduler
-#    (cut by the deadline three times) and BN-ReLU's masks recomputed once more. The run as configured
-#    is profiled and saved (--profile_dir): `bench/kernel_bandwidth.py` then lists, kernel by kernel,
-#    the time its fusions take beyond what their bytes need (the max pool's backward: 0.94 ms for 0.57 GB).
+#    (cut by the deadline three times) and BN-ReLU's masks recomputed once more (its profile, saved,
+#    is gpu_compare.sh's).
 ours 90 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
   --config.xla_flags=--xla_gpu_enable_latency_hiding_scheduler=true
 ours 90 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
-  --profile_steps=3 "--profile_dir=$PROFILES" \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_recompute_mask=True"
 # 5. ResNet-1001's kernels one by one: under concurrent graphs the profiler saw 1,468 of its ~10,900
 #    kernels a step (third run). Traced without graphs ($RESNET_V2_PROFILE_XLA_FLAGS empty: XLA then
