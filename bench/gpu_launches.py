@@ -242,6 +242,12 @@ def kernel_bytes(text: str) -> dict:
     return {"kernel_bytes": sum(by_kind.values()), "bytes_by_kind": dict(by_kind.most_common())}
 
 
+def kernel_name(hlo_name: str) -> str:
+    """The GPU kernel XLA emits for a fusion, as PTX and profiles name it ("input_reduce_fusion_9"
+    for the HLO's "input_reduce_fusion.9")."""
+    return hlo_name.replace(".", "_")
+
+
 _ENTRY = re.compile(r"\.entry (\w+)\((.*?)\n\}", re.S)
 
 
@@ -262,7 +268,7 @@ def ptx_kernels(text: str) -> dict[str, dict]:
 
 def code_table(hlo: str, ptx: dict[str, dict], top: int) -> list[dict]:
     """The `top` kernels that move the most bytes a step (`kernel_rows`), each with its PTX facts
-    (`ptx_kernels`; a fusion's kernel is its HLO name with "_" for "."; fusions that XLA gives one
+    (`ptx_kernels`; a fusion's kernel is `kernel_name` of it; fusions that XLA gives one
     kernel share a `deduplicated_name`, and the kernel is named after one of them); library calls
     have none."""
     group = dict(re.findall(r'%([\w.\-]+) = [^\n]*?deduplicated_name="([\w.\-]+)"', hlo))
@@ -273,8 +279,8 @@ def code_table(hlo: str, ptx: dict[str, dict], top: int) -> list[dict]:
     def code(name: str) -> dict:
         canonical = group.get(name, name)
         for candidate in [name, canonical, *members[canonical]]:
-            if candidate.replace(".", "_") in ptx:
-                return ptx[candidate.replace(".", "_")]
+            if kernel_name(candidate) in ptx:
+                return ptx[kernel_name(candidate)]
         return {}
 
     rows = sorted(kernel_rows(hlo).items(), key=lambda kv: -kv[1]["calls"] * kv[1]["bytes"])

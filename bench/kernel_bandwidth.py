@@ -37,10 +37,6 @@ from resnet_v2_jax import trace_summary  # noqa: E402
 TARGET_TBPS = 4.0
 
 
-def _key(name: str) -> str:
-    return name.replace(".", "_")
-
-
 def load(prefix: str) -> tuple[list[dict], str]:
     """(kernel table, HLO text) saved under `prefix`."""
     kernels = json.loads(Path(prefix + ".kernels.json").read_text())
@@ -51,12 +47,12 @@ def load(prefix: str) -> tuple[list[dict], str]:
 def join(kernels: list[dict], hlo: str, tbps: float = TARGET_TBPS) -> dict:
     """The profile's kernels matched to the HLO's by name: `rows` (matched, most time above the target
     bandwidth first; ms and GB per step, unrounded), their totals, and the unmatched kernels' ms by category."""
-    by_key = {}
+    by_kernel = {}
     for name, row in gpu_launches.kernel_rows(hlo).items():
-        by_key.setdefault(_key(name), dict(row, hlo_name=name))
+        by_kernel.setdefault(gpu_launches.kernel_name(name), dict(row, hlo_name=name))
     rows, unmatched = [], {}
     for k in kernels:
-        row = by_key.get(_key(k["name"]))
+        row = by_kernel.get(k["name"])
         if row is None:
             cat = trace_summary.category({"name": k["name"]})
             unmatched[cat] = unmatched.get(cat, 0.0) + k["ms"]

@@ -393,8 +393,11 @@ def run(config, *, steps: int = 10, warmup: int = 2, eval_mode: bool = False, ba
     out = result(runner, desc, first, times, loop_s, warmup, timing, peak_tflops)
     if not profile_steps:
         return out
-    tag = f"{out['model']}_b{out['batch']}_{hashlib.sha1(config.to_json_best_effort().encode()).hexdigest()[:8]}"
-    return dict(out, profile=profile(runner, profile_steps, os.path.join(profile_dir, tag) if profile_dir else ""))
+    save = ""
+    if profile_dir:  # MODEL_bBATCH_HASH: runs of one process that differ in their config differ in name
+        digest = hashlib.sha1(config.to_json_best_effort().encode()).hexdigest()[:8]
+        save = os.path.join(profile_dir, f"{out['model']}_b{out['batch']}_{digest}")
+    return dict(out, profile=profile(runner, profile_steps, save))
 
 
 # XLA's GPU runtime leaves its command buffers (CUDA graphs) while a profiler is active unless this is set

@@ -27,6 +27,12 @@ dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 TARGET_PLATFORM: str | None = None
 
 
+def _platform() -> str:
+    """The backend the network is traced for ("cpu", "gpu", "tpu"): the forms below that exist for
+    one backend's compiler choose by it."""
+    return TARGET_PLATFORM or jax.default_backend()
+
+
 @jax.custom_vjp
 def _conv_same(x, w):
     return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
@@ -62,7 +68,7 @@ def scan_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
         and list(map(tuple, padding)) == [(k // 2, k // 2)] * 2 and not kwargs.get("precision")
         and (lhs_dilation is None or tuple(lhs_dilation) == (1, 1))
         and (rhs_dilation is None or tuple(rhs_dilation) == (1, 1)) and feature_group_count == 1
-        and (TARGET_PLATFORM or jax.default_backend()) == "cpu"
+        and _platform() == "cpu"
     )
     if simple and kwargs.get("preferred_element_type") is None:
         return _conv_same(lhs, rhs)
@@ -266,10 +272,6 @@ class ConvKernel(nn.Module):
         return self.param("kernel", self.kernel_init, self.shape, jnp.float32)
 
 
-def _on_gpu() -> bool:
-    return (TARGET_PLATFORM or jax.default_backend()) == "gpu"
-
-
 def _pool_windows(x, window: int, stride: int, padding: int):
     """The window*window strided views of -inf-padded NHWC x, in the window's row-major order.
 
@@ -277,9 +279,9 @@ def _pool_windows(x, window: int, stride: int, padding: int):
     padding, not a strided slice of a padded copy: XLA's GPU code for the pad branches per element
     and loads one element at a time (the ResNet-50 stem's two pool kernels: 36 scalar loads and ~20
     branches a thread), the gathers none, with 4-channel vector loads (compiled for an H200,
-    2026-11-27, session 14). Elsewhere the slices: a CPU runs the gathers 3x slower, and a TPU's
-    gathers have not been tried. The same values either way (tests run both)."""
-    if not _on_gpu():
+    2026-11-27, session 14). Elsewhere the slices: on a CPU the gather forms made the pool's forward
+    and backward together 3x slower, and a TPU's gathers have not been tried. The same values either way (tests run both)."""
+    if _platform() != "gpu":
         xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
         n, hp, wp, c = xp.shape
         ho, wo = (hp - window) // stride + 1, (wp - window) // stride + 1
@@ -323,7 +325,7 @@ def _max_pool_fwd(x, window, stride, padding):
 
 
 def _max_pool_bwd(window, stride, padding, res, g):
-    return (_max_pool_bwd_gathered if _on_gpu() else _max_pool_bwd_phases)(window, stride, padding, res, g)
+    return (_max_pool_bwd_gathered if _platform() == "gpu" else _max_pool_bwd_phases)(window, stride, padding, res, g)
 
 
 def _max_pool_bwd_phases(window, stride, padding, res, g):

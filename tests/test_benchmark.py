@@ -102,8 +102,10 @@ def test_train_step_json_and_no_tensorflow(tmp_path):
     assert r["profile"]["device_events"] == 0 and "/host:CPU" in r["profile"]["processes"]
     # --profile_dir: every kernel's time (none on a CPU) and the compiled step that ran, read back by
     # bench/kernel_bandwidth.py's loader and gpu_launches' HLO reader.
-    prefix = str(tmp_path / f"cifar8_b8_{r['profile']['saved'][0].split('_b8_')[1].split('.')[0]}")
-    assert r["profile"]["saved"] == [prefix + ".kernels.json", prefix + ".hlo.gz"]
+    kernels_path, hlo_path = r["profile"]["saved"]
+    assert re.fullmatch(re.escape(str(tmp_path)) + r"/cifar8_b8_[0-9a-f]{8}\.kernels\.json", kernels_path)
+    prefix = kernels_path.removesuffix(".kernels.json")
+    assert hlo_path == prefix + ".hlo.gz"
     kernels, hlo = _bench_module("kernel_bandwidth").load(prefix)
     assert kernels == [] and "ENTRY" in hlo and _gpu_launches().kernel_rows(hlo)
     assert r["xla_flags"].endswith(config_lib.CIFAR_XLA_FLAGS)  # the CIFAR config's flags, set by main
