@@ -66,6 +66,8 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
                 impl += " +stem space-to-depth"
             if r.get("bn_recompute_output"):
                 impl += " +BN output recomputed"
+            if r.get("scan_unit_reads"):
+                impl += " +unit reads"
             if r.get("bn_group") and r["bn_group"] < r["batch"]:
                 impl += f" +BN over {r['bn_group']}"
             if (r.get("distinct_batches") or 1) > 1:

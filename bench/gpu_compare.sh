@@ -23,9 +23,10 @@ source "$(dirname "$0")/gpu_lib.sh"
 # 1. The CIFAR experiments as configured (config.CIFAR_XLA_FLAGS: concurrent, update-free CUDA graphs
 #    where the jaxlib knows them; since 2026-11-27, third run, ResNet-164's too, so one process),
 #    ResNet-110 and ResNet-1001 with --profile_steps (the device's own time per step, and whether
-#    kernels or gaps bound it: trace_summary.py), then ResNet-1001 with model.bn_partial_sums (BN's
-#    forward sums in one kernel instead of two: +4.4% with concurrent graphs, -0.8% with
-#    update-free ones, third run; unsettled).
+#    kernels or gaps bound it: trace_summary.py), then ResNet-1001 with model.scan_unit_reads (each
+#    unit of a loop iteration reads its rows of the stacked inputs by its own index: in XLA's H200
+#    code 23 of its 400 largest kernels, 9.05 GB a step, load single elements without it and 1 with
+#    it; session 15, not yet timed). BN partial sums, timed three times, left this list.
 #    With --profile_dir the profiled runs also save every kernel's time and the compiled step, which
 #    bench/kernel_bandwidth.py sets beside each kernel's bytes afterwards ($OUT/profiles.tgz).
 cifar() {  # cifar PROFILE_FLAGS: the CIFAR runs in one process; PROFILE_FLAGS empty: none profiled
@@ -34,7 +35,7 @@ cifar() {  # cifar PROFILE_FLAGS: the CIFAR runs in one process; PROFILE_FLAGS e
     ${1:+--profile_steps=5 $1} \
     "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3" \
     "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3${1:+ --profile_steps=3 $1}" \
-    "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.bn_partial_sums=True"
+    "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.scan_unit_reads=True"
 }
 cifar "--profile_dir=$PROFILES"
 if ! grep -q images_per_second "$OUT/ours.jsonl"; then

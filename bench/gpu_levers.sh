@@ -55,9 +55,12 @@ ours 90 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --step
 #    kernels a step (third run). Traced without graphs ($RESNET_V2_PROFILE_XLA_FLAGS empty: XLA then
 #    launches each kernel from the host while the profiler runs), every kernel's own time is in the
 #    saved table, for bench/kernel_bandwidth.py (XLA's H200 code for some of its largest fusions,
-#    several units' ReLU masks and recomputed BN-ReLU outputs at once, loads one element at a time).
-RESNET_V2_PROFILE_XLA_FLAGS="" ours 90 --config=experiments/cifar1001.py --config.batch_size=64 --steps=5 --warmup=2 \
-  --profile_steps=2 "--profile_dir=$PROFILES"
+#    several units' ReLU masks and recomputed BN-ReLU outputs at once, loads one element at a time),
+#    then the same with model.scan_unit_reads, whose code loads vectors there: the same kernels'
+#    times side by side.
+RESNET_V2_PROFILE_XLA_FLAGS="" ours 150 --config=experiments/cifar1001.py --config.batch_size=64 --steps=5 --warmup=2 \
+  --profile_steps=2 "--profile_dir=$PROFILES" \
+  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=5 --warmup=2 --profile_steps=2 --profile_dir=$PROFILES --config.model.scan_unit_reads=True"
 # 6. The rest, if the deadline leaves time: the plain Flax ResNet-164 (never measured by us),
 #    torch.compile on ResNet-110, ResNet-1001's compile cold then warm from the persistent cache.
 ours 120 --config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --baseline

@@ -25,6 +25,7 @@ count --config=experiments/cifar10_resnet110.py --config.batch_size=128 --config
 count --config=experiments/cifar1001.py --config.batch_size=64 --config.model.scan_unroll=1
 count --config=experiments/cifar1001.py --config.batch_size=64
 count --config=experiments/cifar1001.py --config.batch_size=64 --config.model.scan_unroll=22
+count --config=experiments/cifar1001.py --config.batch_size=64 --config.model.scan_unit_reads=True
 for f in cifar10_resnet110 cifar10_resnet164; do  # BN partial sums (model.bn_partial_sums)
   count --config=experiments/$f.py --config.batch_size=128 --config.model.bn_partial_sums=True
 done

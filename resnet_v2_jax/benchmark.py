@@ -71,7 +71,7 @@ from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import step as step_lib
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "distinct_batches", "dtype", "scan", "scan_unroll", "remat",
-        "remat_policy", "bn_recompute_mask", "bn_partial_sums", "stem_space_to_depth", "bn_recompute_output", "bn_group", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
+        "remat_policy", "bn_recompute_mask", "bn_partial_sums", "stem_space_to_depth", "bn_recompute_output", "scan_unit_reads", "bn_group", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
         "step_ms_min", "step_ms_max", "dispatch_ms", "setup_s", "images_per_second", "loop_ms", "loop_images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
@@ -325,6 +325,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "bn_partial_sums": bool(config.model.bn_partial_sums) and not baseline,
         "stem_space_to_depth": bool(config.model.stem_space_to_depth) and not baseline,
         "bn_recompute_output": bool(config.model.bn_recompute_output) and not baseline,
+        "scan_unit_reads": bool(config.model.scan_unit_reads) and bool(config.model.scan) and not baseline,
         # the images each BN statistic is over (the CIFAR experiments: 64 of 128, the paper's GPUs)
         "bn_group": batch_size if baseline or not 0 < config.bn_group_size < batch_size else config.bn_group_size,
         "params": params,

@@ -94,6 +94,11 @@ def default() -> ml_collections.ConfigDict:
     # Units per loop iteration of a scanned stage: on a GPU each iteration of XLA's while loop costs
     # a host round trip for its condition, so k > 1 trades compile time for fewer trips.
     m.scan_unroll = 1
+    # On a GPU, each unit of a loop iteration reads its rows of the stacked parameters and saved
+    # tensors by its own index instead of slicing one block per iteration (scan_reads.py says why):
+    # XLA's H200 code for ResNet-1001 then loads vectors where it loaded single elements in 23 of its
+    # 400 largest kernels (9.05 GB a step), for 22 more kernels of 10,874. Not yet timed on a GPU: off.
+    m.scan_unit_reads = False
     m.remat = False
     m.remat_policy = "conv"
     # BN-ReLU's backward recomputes its ReLU mask from the saved input instead of letting XLA store the

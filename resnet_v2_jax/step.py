@@ -25,7 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_v2_jax import augment, networks, optim
+from resnet_v2_jax import augment, networks, optim, scan_reads
 
 
 @flax.struct.dataclass
@@ -131,6 +131,7 @@ def make_task(config, image_shape, norm=None, device_augment: bool = False, devi
     `device_colour`: the step applies `augment.colour_lighting` to the (uint8) training images, with
     the jitter of `config.imagenet_augment`'s recipe."""
     model = networks.build(config.model, bn_group_size=config.bn_group_size)
+    scan_reads.use(bool(config.model.scan_unit_reads))  # how this process lowers scans on a GPU
     return Task(model, optim.optimizer(config), tuple(image_shape), config.model.num_classes,
                 None if norm is None else tuple(np.asarray(a, np.float32) for a in norm), device_augment,
                 device_colour, augment.COLOUR_JITTER[config.imagenet_augment])

@@ -1,0 +1,88 @@
+"""scan_reads: the GPU lowering of unrolled scans that reads each unit's rows by its own index.
+
+It is registered for GPUs; here it is registered for the CPU too, so that the same rule compiles
+and runs. Every test leaves it off (the CPU rule then lowers as JAX does).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax._src.lax.control_flow import loops
+
+from resnet_v2_jax import config as config_lib
+from resnet_v2_jax import networks, scan_reads
+
+
+@pytest.fixture
+def cpu_rule():
+    try:
+        yield lambda on: scan_reads.use(on, platforms=("cpu",))
+    finally:
+        scan_reads.use(False, platforms=("cpu",))
+
+
+def _net(unroll: int):
+    """A CIFAR network of 5 basic units a stage: 4 scanned, 2 loop iterations of 2 units at `unroll=2`."""
+    c = config_lib.default().model
+    c.block, c.depth, c.width, c.scan_unroll = "basic", 32, 0.5, unroll
+    model = networks.build(c)
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
+    variables = jax.jit(model.init, static_argnames="train")(jax.random.PRNGKey(1), x, train=False)
+
+    def loss(params):
+        out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                             mutable=["batch_stats"])
+        return jnp.sum(out.astype(jnp.float32) ** 2)
+
+    return jax.jit(jax.value_and_grad(loss)), variables["params"]
+
+
+def test_unit_reads_change_the_program_not_the_numbers(cpu_rule):
+    step, params = _net(unroll=2)
+    jax_program = step.lower(params).as_text()
+    reference = step(params)
+    assert cpu_rule(True) is True
+    program = step.lower(params).as_text()
+    # Each unit of an iteration now indexes the flat stack itself: more dynamic-index calls, and no
+    # stacked input of the 4 scanned units is viewed as [iterations, units, ...] = [2, 2, ...].
+    blocks = re.compile(r"stablehlo.reshape %\S+ : \(tensor<4x[^)]*\) -> tensor<2x2x")
+    assert program.count("call @dynamic_index_in_dim") > jax_program.count("call @dynamic_index_in_dim")
+    assert blocks.search(jax_program) and not blocks.search(program)
+    got = step(params)
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(got), strict=True):
+        np.testing.assert_array_equal(a, b)  # the same loss and gradient to the bit
+    assert cpu_rule(False) is False
+    assert step.lower(params).as_text() == jax_program  # off again: JAX's own lowering
+
+
+def test_one_unit_per_iteration_is_lowered_as_jax_does(cpu_rule):
+    step, params = _net(unroll=1)
+    jax_program = step.lower(params).as_text()
+    cpu_rule(True)
+    assert step.lower(params).as_text() == jax_program
+
+
+def test_the_installed_jax_has_the_lines_the_change_edits():
+    source = inspect.getsource(loops._scan_impl)
+    edited = scan_reads.edited_source(source)
+    assert edited != source and "trip * n + i" in edited
+
+
+def test_another_jax_keeps_its_own_lowering_with_a_warning(monkeypatch, caplog):
+    def refuse(source):
+        raise ValueError("lax.scan's lowering is not the one scan_reads edits (no single 'xss = ...')")
+
+    monkeypatch.setattr(scan_reads, "edited_source", refuse)
+    monkeypatch.setitem(scan_reads._state, "rules", None)
+    monkeypatch.setitem(scan_reads._state, "registered", set())
+    with caplog.at_level(logging.WARNING):
+        assert scan_reads.use(True, platforms=("cpu",)) is False
+    assert "model.scan_unit_reads ignored: lax.scan's lowering is not the one scan_reads edits" in caplog.text
+    assert scan_reads._state["registered"] == set() and scan_reads._state["on"] is False
