@@ -62,6 +62,27 @@ def test_unit_reads_change_the_program_not_the_numbers(cpu_rule):
     assert step.lower(params).as_text() == jax_program  # off again: JAX's own lowering
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_remainder_and_reverse_scans_give_the_same_values(cpu_rule, reverse):
+    """7 steps, 3 a loop iteration: 2 iterations read by the edited lines, 1 step of remainder."""
+    def f(carry, xs):
+        def body(c, x):
+            return jnp.tanh(c * x[0] + x[1]), c * x[1]
+        return jax.lax.scan(body, carry, xs, unroll=3, reverse=reverse)
+
+    xs = (jnp.linspace(-1.0, 1.0, 7 * 5).reshape(7, 5), jnp.linspace(2.0, -3.0, 7 * 5).reshape(7, 5))
+    loss = jax.jit(jax.value_and_grad(lambda c, xs: sum(jnp.sum(o ** 2) for o in jax.tree.leaves(f(c, xs))),
+                                      argnums=(0, 1)))
+    carry = jnp.full((5,), 0.3)
+    reference = loss(carry, xs)
+    blocks = re.compile(r"stablehlo.reshape %\S+ : \(tensor<6x5xf32>\) -> tensor<2x3x5xf32>")  # [iterations, units]
+    assert blocks.search(loss.lower(carry, xs).as_text())
+    cpu_rule(True)
+    assert not blocks.search(loss.lower(carry, xs).as_text())
+    for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(loss(carry, xs)), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_one_unit_per_iteration_is_lowered_as_jax_does(cpu_rule):
     step, params = _net(unroll=1)
     jax_program = step.lower(params).as_text()
