@@ -16,6 +16,10 @@ Set-up, once (about 5 GB, in its own environment so the project's tests never lo
     python -m venv --system-site-packages /tmp/gpuenv
     V=$(python -c 'import jaxlib; print(jaxlib.__version__)')
     /tmp/gpuenv/bin/pip install "jax-cuda12-plugin[with-cuda]==$V" "jax-cuda12-pjrt==$V"
+The H200's own compiler, JAX 0.11.2, needs Python >= 3.12 (its packages, no project install):
+    python3.12 -m venv /tmp/jax112 && /tmp/jax112/bin/pip install jax==0.11.2 jaxlib==0.11.2 flax optax \
+        ml_collections absl-py "jax-cuda12-plugin[with-cuda]==0.11.2" jax-cuda12-pjrt==0.11.2
+and runs this script the same way with /tmp/jax112/bin/python.
 Then, from the repository root:
     JAX_PLATFORMS=cpu JAX_SKIP_CUDA_CONSTRAINTS_CHECK=1 PYTHONPATH=. /tmp/gpuenv/bin/python \
         bench/gpu_launches.py --config=experiments/cifar10_resnet164.py --config.batch_size=128 [--baseline]
@@ -143,7 +147,8 @@ def _fusion_traffic(body: list[tuple[str, str]]) -> tuple[dict[int, int], int | 
     than the whole arrays: ({parameter: bytes}, result bytes or None for the whole result).
 
     A parameter that reaches its uses only through views (dynamic-slice, slice, bitcast, reshape,
-    or the rows a gather takes) is read at the size of the views it is cut to; the buffer a
+    or the rows a gather takes; a convert between them scales their size to its input's type) is
+    read at the size of the views it is cut to; the buffer a
     dynamic-update-slice updates in place is not read, and such a result writes only its updates. So a loop body that takes one unit's
     tensors out of a stacked buffer, or stores them into one, counts that unit's bytes."""
     shapes, params, users, root = {}, {}, collections.defaultdict(list), None
@@ -163,6 +168,10 @@ def _fusion_traffic(body: list[tuple[str, str]]) -> tuple[dict[int, int], int | 
         total = 0
         for user, op, i in users[name]:
             if op == "dynamic-update-slice" and i == 0:
+                continue
+            if op == "convert":  # a cast between views (JAX 0.11.2's XLA casts a block, then slices it)
+                inner, whole = viewed(user), shapes[name][1]
+                total += whole if inner is None else min(whole, inner * whole // max(shapes[user][1], 1))
                 continue
             if op not in _VIEWS or i != 0:
                 return None
@@ -303,7 +312,8 @@ def main(argv):
     dump = tempfile.mkdtemp(prefix="gpu_launches_") if f.code else None
     if dump:  # XLA reads its flags when the plugin starts, below: the step's PTX, one file per kernel group
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                                   + f" --xla_dump_to={dump} --xla_dump_hlo_module_re=.*train_step.*").strip()
+                                   + f" --xla_dump_to={dump} --xla_dump_hlo_module_re=.*train_step.*"
+                                   + " --xla_gpu_dump_llvmir=true --xla_dump_emitter_re=.*").strip()  # newer XLAs dump PTX only with both
     topology = topologies.get_topology_desc("gpu_launches", "cuda", target_config=Path(f.target_config).read_text(),
                                             topology="1x1x1")
     mesh = step_lib.make_mesh(np.asarray(topology.devices))

@@ -43,7 +43,7 @@ def reads(way: str, k: int):
 
 def main() -> None:
     dump = tempfile.mkdtemp(prefix="scan_reads_repro_")
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={dump} --xla_gpu_dump_llvmir=true --xla_dump_emitter_re=.*".strip()
     import jax
     import jax.numpy as jnp
     from jax.experimental import topologies

@@ -96,8 +96,9 @@ def default() -> ml_collections.ConfigDict:
     m.scan_unroll = 1
     # On a GPU, each unit of a loop iteration reads its rows of the stacked parameters and saved
     # tensors by its own index instead of slicing one block per iteration (scan_reads.py says why):
-    # XLA's H200 code for ResNet-1001 then loads vectors where it loaded single elements in 23 of its
-    # 400 largest kernels (9.05 GB a step), for 22 more kernels of 10,874. Not yet timed on a GPU: off.
+    # the H200 code of JAX 0.11.2's XLA for ResNet-1001 then loads vectors where it loaded single
+    # elements in 24 of its 400 largest kernels (8.65 GB a step), with 11 fewer kernels of 10,908.
+    # Not yet timed on a GPU: off.
     m.scan_unit_reads = False
     m.remat = False
     m.remat_policy = "conv"

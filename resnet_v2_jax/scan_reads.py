@@ -6,10 +6,11 @@ The backward of a scanned stage reads its units' saved tensors that way, and XLA
 fusion computes several units' work in one kernel (the ReLU masks of 8 units at once, say). XLA's
 GPU code for a fusion that reads two or more static slices of one dynamically sliced block loads
 one element at a time; with one slice, or with each unit's rows taken by a dynamic slice of its
-own, it loads 4-8 elements per instruction (reproduced alone, compiled for an H200). In ResNet-1001
-at batch 64 (10 units per loop iteration, bf16, XLA's H200 code compiled on a CPU, BENCHMARKS.md)
-23 of the 400 largest kernels, 9.05 GB of the 57.9 a step, are such scalar-load kernels; with
-this lowering 1 (0.14 GB), and the step moves 57.1 GB in 10,896 kernels instead of 10,874.
+own, it loads 4-8 elements per instruction (reproduced alone, compiled for an H200 by the XLA of
+JAX 0.10.2 and of 0.11.2). In ResNet-1001 at batch 64 (10 units per loop iteration, bf16, JAX
+0.11.2's H200 code compiled on a CPU, BENCHMARKS.md) 24 of the 400 largest kernels, 8.65 GB of the
+57.8 a step, are such scalar-load kernels; with this lowering 1 (0.14 GB), and the step moves
+57.5 GB in 10,897 kernels instead of 10,908.
 
 How. The rule is JAX's own `_scan_impl` with its reads changed: unit j of iteration i reads row
 i*k + j of the flat stacked input by its own dynamic index (the stacked outputs, the carry and the
@@ -35,14 +36,19 @@ _EDITS = (
     ("  def inner(n, carry, xs):\n",
      "  def inner(n, carry, xs, trip=None):\n"),
     ("      x = [slicing.index_in_dim(x, i, keepdims=False) for x in xs]\n",
-     "      x = [slicing.index_in_dim(x, i, keepdims=False) if trip is None else\n"
-     "           slicing.dynamic_index_in_dim(x, trip * n + i, keepdims=False, allow_negative_indices=False)\n"
-     "           for x in xs]\n"),
+     "      x = [slicing.index_in_dim(x, i, keepdims=False) if trip is None else _row(x, trip * n + i) for x in xs]\n"),
     ("    xs = []\n    for x in xss:\n",
      "    xs = []\n    for x in (xss if unroll == 1 else []):\n"),
     ("    carry, ys = inner(unroll, carry, xs)\n",
      "    carry, ys = (inner(unroll, carry, xs) if unroll == 1 else inner(unroll, carry, xss, trip=i))\n"),
 )
+
+# Unit rows are read as JAX's body reads an iteration's block: under the stacked input's mesh.
+_ROW = """
+def _row(x, index):
+  with use_abstract_mesh(core.typeof(x).sharding.mesh):
+    return slicing.dynamic_index_in_dim(x, index, keepdims=False, allow_negative_indices=False)
+"""
 
 _state: dict = {"on": False, "registered": set(), "rules": None}
 
@@ -53,7 +59,7 @@ def edited_source(source: str) -> str:
         if source.count(old) != 1:
             raise ValueError(f"lax.scan's lowering is not the one scan_reads edits (no single {old.strip()!r})")
         source = source.replace(old, new)
-    return source
+    return _ROW + source
 
 
 def _rules():

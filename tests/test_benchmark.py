@@ -338,6 +338,32 @@ def test_kernel_bytes_counts_views_in_place_updates_and_workspaces():
     assert got["kernel_bytes"] == 728
 
 
+def test_kernel_bytes_see_through_a_cast_between_views():
+    """JAX 0.11.2's XLA casts a loop iteration's block of 4 units, then slices one unit out of it: the
+    fusion reads that unit's 8 bf16 (16 bytes) of the stacked bf16[3,4,8], not the block's 64."""
+    body = [(op, line) for op, line in _gpu_launches().parse_hlo("""HloModule m
+
+%unit_of_block (s: bf16[3,4,8], i: s32[]) -> f32[8] {
+  %s = bf16[3,4,8] parameter(0)
+  %i = s32[] parameter(1)
+  %z = s32[] constant(0)
+  %ds = bf16[1,4,8] dynamic-slice(%s, %i, %z, %z), dynamic_slice_sizes={1,4,8}
+  %c = f32[1,4,8] convert(%ds)
+  %sl = f32[1,1,8] slice(%c), slice={[0:1], [3:4], [0:8]}
+  %b = f32[8] bitcast(%sl)
+  ROOT %e = f32[8] exponential(%b)
+}
+
+ENTRY %main (a: bf16[3,4,8], j: s32[]) -> f32[8] {
+  %a = bf16[3,4,8] parameter(0)
+  %j = s32[] parameter(1)
+  ROOT %f = f32[8] fusion(%a, %j), kind=kLoop, calls=%unit_of_block
+}
+""")[0]["unit_of_block"]]
+    reads, written = _gpu_launches()._fusion_traffic(body)
+    assert reads == {0: 16} and written is None
+
+
 def test_kernel_bandwidth_sets_each_fusion_time_beside_its_bytes(tmp_path):
     """bench/kernel_bandwidth.py on BYTES_HLO and a profile of its kernels: `unit` runs 3 times a step,
     68 bytes each, in 2.04e-7 ms a step (1 TB/s); `g` once, 64 bytes in 1.6e-8 ms (4 TB/s); the cuDNN
