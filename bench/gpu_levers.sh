@@ -39,8 +39,10 @@ ours 90 --config=experiments/cifar1001_b128.py --config.batch_size=128 --steps=1
 #    46 ms, so the GPU bounds it, at ~4 us per kernel of ~10,900. First without the zero-fill of
 #    scan's stacked residuals (bench/scan_empty_check.py: 2.49 GB a step in XLA's count, once-a-step
 #    kernels of 0.14-0.55 ms in the profile), then fewer loop iterations (20 units each; compile
-#    time?) and fewer, larger kernels (BN partial sums, in gpu_compare.sh).
-BENCH="python3 bench/scan_empty_check.py" ours 90 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3
+#    time?) and fewer, larger kernels (BN partial sums, in gpu_compare.sh). The zero-fill patch also
+#    with model.scan_unit_reads (timed alone in gpu_compare.sh): the two combine (BENCHMARKS.md).
+BENCH="python3 bench/scan_empty_check.py" ours 150 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 \
+  "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.scan_unit_reads=True"
 ours 150 --config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.scan_unroll=20 \
   "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.scan_unroll=5"
 # 4. ResNet-50 (7,544 img/s with the stem on 2x2 blocks against 9,000; its device busy 30.8 of 31.4 ms
