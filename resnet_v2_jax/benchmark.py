@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from resnet_v2_jax import augment, summary, trace_summary
+from resnet_v2_jax import augment, scan_reads, summary, trace_summary
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import step as step_lib
 
@@ -325,7 +325,8 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "bn_partial_sums": bool(config.model.bn_partial_sums) and not baseline,
         "stem_space_to_depth": bool(config.model.stem_space_to_depth) and not baseline,
         "bn_recompute_output": bool(config.model.bn_recompute_output) and not baseline,
-        "scan_unit_reads": bool(config.model.scan_unit_reads) and bool(config.model.scan) and not baseline,
+        # what the compile got, not what was asked: off on a CPU, or where this JAX's scan is another
+        "scan_unit_reads": scan_reads.in_effect() and bool(config.model.scan) and not baseline,
         # the images each BN statistic is over (the CIFAR experiments: 64 of 128, the paper's GPUs)
         "bn_group": batch_size if baseline or not 0 < config.bn_group_size < batch_size else config.bn_group_size,
         "params": params,

@@ -22,6 +22,7 @@ parameters, a different program.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import textwrap
 
@@ -50,7 +51,7 @@ def _row(x, index):
     return slicing.dynamic_index_in_dim(x, index, keepdims=False, allow_negative_indices=False)
 """
 
-_state: dict = {"on": False, "registered": set(), "rules": None}
+_state: dict = {"on": set(), "rules": None}  # the platforms whose scans get the per-unit reads
 
 
 def edited_source(source: str) -> str:
@@ -76,9 +77,17 @@ def _rules():
     return _state["rules"]
 
 
-def _lower(ctx, *args, **params):
+def _lower(platform, ctx, *args, **params):
     jax_rule, unit_reads = _rules()
-    return (unit_reads if _state["on"] else jax_rule)(ctx, *args, **params)
+    return (unit_reads if platform in _state["on"] else jax_rule)(ctx, *args, **params)
+
+
+def in_effect() -> bool:
+    """Whether a step compiled now for JAX's default backend gets the per-unit reads (not on a CPU,
+    unless turned on there; not where `use` fell back to JAX's lowering)."""
+    from jax._src import xla_bridge
+
+    return any(p in _state["on"] for p in xla_bridge.expand_platform_alias(jax.default_backend()))
 
 
 def use(on: bool, platforms: tuple[str, ...] = GPU_PLATFORMS) -> bool:
@@ -86,7 +95,7 @@ def use(on: bool, platforms: tuple[str, ...] = GPU_PLATFORMS) -> bool:
 
     Process-wide, like XLA flags: steps compiled after the call follow it (a change clears JAX's
     caches, so no step compiled the other way is reused)."""
-    if not on and not _state["on"]:
+    if not on and not _state["on"] & set(platforms):
         return False
     from absl import logging
     from jax._src.interpreters import mlir
@@ -98,11 +107,10 @@ def use(on: bool, platforms: tuple[str, ...] = GPU_PLATFORMS) -> bool:
         except Exception as e:  # noqa: BLE001 - another JAX: its own lowering, which is correct, never a crash
             logging.warning("model.scan_unit_reads ignored: %s", e)
             on = False
-    for platform in platforms:
-        if on and platform not in _state["registered"]:
-            mlir.register_lowering(loops.scan_p, _lower, platform=platform)
-            _state["registered"].add(platform)
-    if on != _state["on"]:
-        _state["on"] = on
+    now = _state["on"] | set(platforms) if on else _state["on"] - set(platforms)
+    for platform in now - _state["on"]:
+        mlir.register_lowering(loops.scan_p, functools.partial(_lower, platform), platform=platform)
+    if now != _state["on"]:
+        _state["on"] = now
         jax.clear_caches()
     return on

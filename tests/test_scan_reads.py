@@ -48,7 +48,7 @@ def test_unit_reads_change_the_program_not_the_numbers(cpu_rule):
     step, params = _net(unroll=2)
     jax_program = step.lower(params).as_text()
     reference = step(params)
-    assert cpu_rule(True) is True
+    assert cpu_rule(True) is True and scan_reads.in_effect()
     program = step.lower(params).as_text()
     # Each unit of an iteration now indexes the flat stack itself: more dynamic-index calls, and no
     # stacked input of the 4 scanned units is viewed as [iterations, units, ...] = [2, 2, ...].
@@ -58,8 +58,20 @@ def test_unit_reads_change_the_program_not_the_numbers(cpu_rule):
     got = step(params)
     for a, b in zip(jax.tree.leaves(reference), jax.tree.leaves(got), strict=True):
         np.testing.assert_array_equal(a, b)  # the same loss and gradient to the bit
-    assert cpu_rule(False) is False
+    assert cpu_rule(False) is False and not scan_reads.in_effect()
     assert step.lower(params).as_text() == jax_program  # off again: JAX's own lowering
+
+
+def test_on_a_cpu_the_gpu_rule_changes_nothing_and_says_so():
+    """As the config sets it (GPU platforms only), a CPU compiles JAX's program, and the benchmark's
+    line says the option was not in effect."""
+    step, params = _net(unroll=2)
+    jax_program = step.lower(params).as_text()
+    try:
+        assert scan_reads.use(True) is True and not scan_reads.in_effect()
+        assert step.lower(params).as_text() == jax_program
+    finally:
+        scan_reads.use(False)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -102,8 +114,7 @@ def test_another_jax_keeps_its_own_lowering_with_a_warning(monkeypatch, caplog):
 
     monkeypatch.setattr(scan_reads, "edited_source", refuse)
     monkeypatch.setitem(scan_reads._state, "rules", None)
-    monkeypatch.setitem(scan_reads._state, "registered", set())
     with caplog.at_level(logging.WARNING):
         assert scan_reads.use(True, platforms=("cpu",)) is False
     assert "model.scan_unit_reads ignored: lax.scan's lowering is not the one scan_reads edits" in caplog.text
-    assert scan_reads._state["registered"] == set() and scan_reads._state["on"] is False
+    assert scan_reads._state["on"] == set() and not scan_reads.in_effect()
