@@ -68,6 +68,8 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
                 impl += " +BN output recomputed"
             if r.get("scan_unit_reads"):
                 impl += " +unit reads"
+            if r.get("conv1x1_fusion"):
+                impl += " +BN-ReLU in 1x1 GEMMs"
             if r.get("bn_group") and r["bn_group"] < r["batch"]:
                 impl += f" +BN over {r['bn_group']}"
             if (r.get("distinct_batches") or 1) > 1:

@@ -333,7 +333,7 @@ def main(argv):
         "bn_group_size": 0 if f.baseline else config.bn_group_size,
         # the model's kernel levers that are on (lines before 2026-11-27, session 12, lack this)
         "levers": [] if f.baseline else [k for k in ("bn_recompute_mask", "bn_partial_sums", "stem_space_to_depth",
-                                                                  "bn_recompute_output", "scan_unit_reads")
+                                                                  "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion")
                                          if config.model.get(k)],
         "target": topology.devices[0].device_kind, "jax_version": jax.__version__,
         "xla_flags": xla_flags, "compile_s": round(compile_s, 1),

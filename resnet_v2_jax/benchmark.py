@@ -66,12 +66,12 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from resnet_v2_jax import augment, scan_reads, summary, trace_summary
+from resnet_v2_jax import augment, layers, scan_reads, summary, trace_summary
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import step as step_lib
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "distinct_batches", "dtype", "scan", "scan_unroll", "remat",
-        "remat_policy", "bn_recompute_mask", "bn_partial_sums", "stem_space_to_depth", "bn_recompute_output", "scan_unit_reads", "bn_group", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
+        "remat_policy", "bn_recompute_mask", "bn_partial_sums", "stem_space_to_depth", "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion", "bn_group", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
         "step_ms_min", "step_ms_max", "dispatch_ms", "setup_s", "images_per_second", "loop_ms", "loop_images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
@@ -327,6 +327,8 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "bn_recompute_output": bool(config.model.bn_recompute_output) and not baseline,
         # what the compile got, not what was asked: off on a CPU, or where this JAX's scan is another
         "scan_unit_reads": scan_reads.in_effect() and bool(config.model.scan) and not baseline,
+        # the same: on where this platform compiles the fused products (a CUDA GPU)
+        "conv1x1_fusion": bool(config.model.get("conv1x1_fusion")) and layers.gemm_fusion_available() and not baseline,
         # the images each BN statistic is over (the CIFAR experiments: 64 of 128, the paper's GPUs)
         "bn_group": batch_size if baseline or not 0 < config.bn_group_size < batch_size else config.bn_group_size,
         "params": params,

@@ -28,7 +28,7 @@ class CheckpointMismatch(ValueError):
 # numbers agree to float rounding (tests/test_networks.py, tests/test_layers.py), so a checkpoint
 # resumes under any of them, e.g. unrolled on a GPU after a scanned start on a CPU.
 COMPILE_ONLY_FIELDS = ("scan", "scan_unroll", "remat", "remat_policy", "bn_recompute_mask", "bn_partial_sums",
-                       "stem_space_to_depth", "bn_recompute_output", "scan_unit_reads")
+                       "stem_space_to_depth", "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion")
 
 
 def _without_compile_only(fp: dict) -> dict:

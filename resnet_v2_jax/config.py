@@ -124,6 +124,13 @@ def default() -> ml_collections.ConfigDict:
     # 12% fewer bytes, 2% fewer kernels (unrolled steps: the same program). On one H200 (bf16, batch
     # 64, 2026-11-27, third run): 47.2 against 48.7 ms a step, 2.8 against 5.0 GiB.
     m.bn_recompute_output = True
+    # With bn_recompute_output, a BN-ReLU before a 1x1 stride-1 convolution, BN over the whole batch
+    # (bn_group_size 0, as the ImageNet experiments), runs on a GPU as one matrix product that
+    # applies the BN-ReLU to its input as it reads it, in the forward and in the weight gradient
+    # (layers._bn_relu_gemm, a cuDNN-fusion region that XLA gives to cuDNN or its Triton GEMM), so
+    # the BN-ReLU output is never written. XLA's count for an H200 (2026-11-27, session 16):
+    # BENCHMARKS.md "ResNet-50's BN-ReLU inside its 1x1 convolutions". Not yet timed: off.
+    m.conv1x1_fusion = False
     # The ImageNet stem's 7x7 stride-2 convolution on 3 channels as a 4x4 stride-1 one on the input's
     # 2x2 blocks (12 channels; layers.space_to_depth_conv): same parameters and result to float
     # rounding, a shape the GPU's tensor cores take better. On one H200 (bf16, batch 256, 2026-11-27,
@@ -262,6 +269,9 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
         )
     if not 0.0 <= model.shortcut_dropout < 1.0:
         raise ValueError(f"model.shortcut_dropout={model.shortcut_dropout!r} must be in [0, 1)")
+    if model.get("conv1x1_fusion") and not model.bn_recompute_output:
+        raise ValueError("model.conv1x1_fusion=True needs model.bn_recompute_output=True: it fuses the "
+                         "BN-ReLU that the following convolution applies")
 
 
 # The first jaxlib whose XLA knows a flag ("--name") or one of its values ("--name=VALUE"), for the
@@ -339,6 +349,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                     f"{name}={config[name]} is not divisible by the {num_devices} devices; "
                     f"use a multiple of {num_devices}"
                 )
+        if num_devices > 1 and config.model.get("conv1x1_fusion"):
+            # XLA's partitioner meets the fused products as opaque custom calls; whether it keeps
+            # them per device or gathers their operands is unchecked.
+            raise ValueError(f"model.conv1x1_fusion=True is for one device (this run has {num_devices}); "
+                             "leave it off")
         per_device = config.batch_size // num_devices
         # A group as large as the batch is the batch (BatchNorm does so). Otherwise a group is part
         # of one device's examples, or whole devices' examples (XLA then sums it across them).

@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 # N(0, sqrt(2 / (k*k*C_out))): He fan-out normal, not fan-in truncated (resnet-1k-layers, fb.resnet.torch).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -163,8 +164,9 @@ def _scale_shift(x, mul, add, dtype):
     return x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
 
 
-def _bn_forward(x, scale, bias, relu, epsilon, dtype, partial_sums):
-    """x grouped as (G, g, ..., C). (y, mean, var, mul, add) with float32 per-group statistics."""
+def _bn_statistics(x, scale, bias, epsilon, partial_sums):
+    """x grouped as (G, g, ..., C). (mean, var, mul, add): float32 per-group statistics and the
+    factors of BN's output x * mul + add."""
     axes = tuple(range(1, x.ndim - 1))
     count = math.prod(x.shape[a] for a in axes)
     xf = x.astype(jnp.float32)
@@ -172,7 +174,12 @@ def _bn_forward(x, scale, bias, relu, epsilon, dtype, partial_sums):
     mean = s / count
     var = jnp.maximum(ss / count - mean * mean, 0.0)
     mul = scale * jax.lax.rsqrt(var + epsilon)
-    add = bias - mean * mul
+    return mean, var, mul, bias - mean * mul
+
+
+def _bn_forward(x, scale, bias, relu, epsilon, dtype, partial_sums):
+    """x grouped as (G, g, ..., C). (y, mean, var, mul, add) with float32 per-group statistics."""
+    mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, partial_sums)
     y = _scale_shift(x, mul, add, dtype)
     return (jnp.maximum(y, 0) if relu else y), mean, var, mul, add
 
@@ -230,28 +237,116 @@ def _conv(y, kernel, strides: int, padding: int):
                               dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-def _bn_relu_conv(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding):
+# Platforms whose XLA compiles a `jax._src.cudnn.fusion.cudnn_fusion` region (config.model.conv1x1_fusion):
+# the region becomes one GEMM kernel, cuDNN's or XLA's own Triton one, whichever its autotuner picks.
+# Tests add "cpu" with the region left as it is, to run the same arithmetic here.
+GEMM_FUSION_PLATFORMS = {"gpu"}
+# The first jaxlib whose XLA compiles ResNet-50 with the regions for an H200, the version the H200
+# runs (deviceless compile, 2026-11-27): 0.10.2's HLO verifier rejects the program after XLA's
+# computation deduplicator merges two identical regions.
+GEMM_FUSION_MIN_JAXLIB = (0, 11, 2)
+
+
+@functools.cache
+def _cudnn_fusion():
+    """JAX's (private) cuDNN-fusion wrapper where this jaxlib compiles it, else None, said once."""
+    from jax._src.lib import version
+
+    try:
+        from jax._src.cudnn.fusion import cudnn_fusion
+    except ImportError:  # pragma: no cover - a JAX without it keeps the convolutions
+        cudnn_fusion = None
+    if cudnn_fusion is None or tuple(version[:3]) < GEMM_FUSION_MIN_JAXLIB:
+        logging.warning("model.conv1x1_fusion ignored: it needs jaxlib >= %s with jax._src.cudnn.fusion "
+                        "(this is %s); the convolutions stay", ".".join(map(str, GEMM_FUSION_MIN_JAXLIB)),
+                        ".".join(map(str, version)))
+        return None
+    return cudnn_fusion
+
+
+def _gemm_fusion(fn):
+    """`fn` (elementwise ops around one matrix product) as one fused GEMM kernel on the platforms of
+    GEMM_FUSION_PLATFORMS; None elsewhere, or where this jaxlib cannot compile it."""
+    if _platform() not in GEMM_FUSION_PLATFORMS:
+        return None
+    if _platform() != "gpu":
+        return fn
+    wrap = _cudnn_fusion()
+    return None if wrap is None else wrap(fn)
+
+
+def gemm_fusion_available() -> bool:
+    """Whether the platform the network is traced for compiles the fused GEMMs of
+    config.model.conv1x1_fusion (the benchmark's line reports what the compile got)."""
+    return _gemm_fusion(_bn_relu_gemm) is not None
+
+
+def _fused_1x1(kernel, strides: int, padding: int, groups: int, fuse: bool) -> bool:
+    """Whether conv(relu(BN(x))) runs as one GEMM with the BN-ReLU as its prologue: a 1x1, stride-1
+    convolution over BN statistics of the whole batch (one group; per-group factors would vary
+    along the product's rows)."""
+    return fuse and kernel.shape[:2] == (1, 1) and strides == 1 and padding == 0 and groups == 1
+
+
+def _bn_relu_gemm(x, mul, add, w, dtype):
+    """relu(x * mul + add) @ w: x (rows, K), w (K, N), in `dtype`, float32 accumulation."""
+    y = jnp.maximum(_scale_shift(x, mul, add, dtype), 0)
+    return jax.lax.dot_general(y, w, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32).astype(dtype)
+
+
+def _bn_relu_gemm_wgrad(x, mul, add, gz, dtype):
+    """relu(x * mul + add)^T @ gz: the 1x1 convolution's weight gradient, BN-ReLU recomputed inside."""
+    y = jnp.maximum(_scale_shift(x, mul, add, dtype), 0)
+    return jax.lax.dot_general(y, gz, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9))
+def _bn_relu_conv(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding, gemm_fusion):
     """conv(relu(BN(x))) for grouped x, kernel in `dtype`: (z, mean, var). `_bn_train` followed by
-    the convolution, except for what the backward keeps: x, not the BN-ReLU output y."""
-    return _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding)[0]
+    the convolution, except for what the backward keeps: x, not the BN-ReLU output y.
+
+    `gemm_fusion` (config.model.conv1x1_fusion): where `_fused_1x1` holds and the platform compiles
+    it, the forward and the weight gradient are matrix products that apply the BN-ReLU to x as
+    they read it, so y is never written: XLA otherwise writes y in a kernel of its own and reads it
+    back in the convolution (its automatic GEMM fusion takes the ReLU into the product but not
+    the per-channel scale and shift)."""
+    return _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding,
+                             gemm_fusion)[0]
 
 
-def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding):
-    (y, mean, var), bn_res = _bn_train_fwd(x, scale, bias, True, epsilon, dtype, False, partial_sums)
-    z = _conv(y.reshape((-1,) + y.shape[2:]), kernel, strides, padding)
-    return (z, mean, var), (*bn_res, kernel)
+def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding, gemm_fusion):
+    fused = _gemm_fusion(_bn_relu_gemm) if _fused_1x1(kernel, strides, padding, x.shape[0], gemm_fusion) else None
+    if fused is None:
+        (y, mean, var), bn_res = _bn_train_fwd(x, scale, bias, True, epsilon, dtype, False, partial_sums)
+        z = _conv(y.reshape((-1,) + y.shape[2:]), kernel, strides, padding)
+        return (z, mean, var), (*bn_res, kernel)
+    # BN's statistics and saved vectors as `_bn_train_fwd` has them; its output is the product's prologue.
+    mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, partial_sums)
+    k, n = kernel.shape[2:]
+    z = fused(x.reshape(-1, k), mul.reshape(k), add.reshape(k), kernel.reshape(k, n), dtype=dtype)
+    stats = jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add])
+    return (z.reshape(x.shape[1:-1] + (n,)), mean, var), (x, stats, kernel)
 
 
-def _bn_relu_conv_bwd(epsilon, dtype, partial_sums, strides, padding, res, cotangents):
+def _bn_relu_conv_bwd(epsilon, dtype, partial_sums, strides, padding, gemm_fusion, res, cotangents):
     """The convolution's gradients from y recomputed (one elementwise pass over x, which the BN
-    gradient reads anyway), then `_bn_train`'s backward."""
+    gradient reads anyway; with `gemm_fusion`, inside the weight gradient's product), then
+    `_bn_train`'s backward."""
     x, stats, kernel = res
     gz, gmean, gvar = cotangents
     _, _, mul, add = stats
-    y = jnp.maximum(_scale_shift(x, mul, add, dtype), 0)
-    _, pullback = jax.vjp(lambda y, k: _conv(y, k, strides, padding), y.reshape((-1,) + y.shape[2:]), kernel)
-    gy, gkernel = pullback(gz)
+    fused = _gemm_fusion(_bn_relu_gemm_wgrad) if _fused_1x1(kernel, strides, padding, x.shape[0], gemm_fusion) else None
+    if fused is None:
+        y = jnp.maximum(_scale_shift(x, mul, add, dtype), 0)
+        _, pullback = jax.vjp(lambda y, k: _conv(y, k, strides, padding), y.reshape((-1,) + y.shape[2:]), kernel)
+        gy, gkernel = pullback(gz)
+    else:
+        k, n = kernel.shape[2:]
+        gz2 = gz.reshape(-1, n)
+        gkernel = fused(x.reshape(-1, k), mul.reshape(k), add.reshape(k), gz2, dtype=dtype).astype(kernel.dtype)
+        gkernel = gkernel.reshape(kernel.shape)
+        gy = jax.lax.dot_general(gz2, kernel.reshape(k, n), (((1,), (1,)), ((), ())),
+                                 preferred_element_type=jnp.float32).astype(gz.dtype)
     dx, dscale, dbias = _bn_train_bwd(True, epsilon, dtype, False, partial_sums, (x, stats),
                                       (gy.reshape(x.shape), gmean, gvar))
     return dx, dscale, dbias, gkernel
@@ -409,6 +504,7 @@ class BatchNorm(nn.Module):
     relu: bool = False
     recompute_mask: bool = False  # the backward recomputes the ReLU mask (config.model.bn_recompute_mask)
     partial_sums: bool = False  # the forward's sums as one kernel of partials (config.model.bn_partial_sums)
+    conv1x1_fusion: bool = False  # BN-ReLU as a following 1x1 conv's GEMM prologue (config.model.conv1x1_fusion)
 
     @nn.compact
     def __call__(self, x, conv: tuple | None = None):
@@ -441,7 +537,8 @@ class BatchNorm(nn.Module):
         else:
             kernel, strides, padding = conv
             y, mean, var = _bn_relu_conv(grouped, scale, bias, kernel.astype(self.dtype), self.epsilon,
-                                         jnp.dtype(self.dtype), self.partial_sums, strides, padding)
+                                         jnp.dtype(self.dtype), self.partial_sums, strides, padding,
+                                         self.conv1x1_fusion)
         if not self.is_initializing():
             axes = tuple(range(grouped.ndim - 1))
             m = self.momentum

@@ -71,13 +71,14 @@ class ResNet(nn.Module):
     bn_recompute_mask: bool = False
     bn_partial_sums: bool = False
     bn_recompute_output: bool = False
+    conv1x1_fusion: bool = False
     stem_space_to_depth: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = True):
         order = ORDERS[self.unit]
         bn = functools.partial(BatchNorm, group_size=self.bn_group_size, recompute_mask=self.bn_recompute_mask,
-                               partial_sums=self.bn_partial_sums)
+                               partial_sums=self.bn_partial_sums, conv1x1_fusion=self.conv1x1_fusion)
         norm = functools.partial(bn, use_running_average=not train, dtype=self.dtype)
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
                                  conv_general_dilated=scan_friendly_conv)
@@ -158,6 +159,7 @@ def build(model: ml_collections.ConfigDict, bn_group_size: int = 0) -> ResNet:
         bn_recompute_mask=model.bn_recompute_mask,
         bn_partial_sums=model.bn_partial_sums,
         bn_recompute_output=model.bn_recompute_output,
+        conv1x1_fusion=model.conv1x1_fusion,
         stem_space_to_depth=model.stem_space_to_depth,
     )
 

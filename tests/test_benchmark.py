@@ -523,6 +523,7 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
              dict(base, model="cifar110", batch=128, scan=False, input="rows+augment", bn_partial_sums=True),
              dict(base, input="uint8+colour", bn_recompute_mask=True),
              dict(base, model="cifar1001", batch=64, input="rows+augment", scan_unroll=10, scan_unit_reads=True),
+             dict(base, input="uint8+colour", conv1x1_fusion=True),
              dict(base, model="cifar110", batch=128, input="rows+augment", loop_ms=20.0, loop_images_per_second=6400.0),
              dict(base, model="cifar164", batch=128, input="rows+augment", peak_bytes_in_use=None,
                   compiled_peak_bytes=2**31),  # an --also run: XLA's allocation stands in
@@ -540,7 +541,8 @@ def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
         "ours (rows+augment input) +unroll10 +enable_command_buffer",
         "ours-unrolled (rows+augment input)", "ours-unrolled (rows+augment input) +2 batches",
         "ours-unrolled (rows+augment input) +BN partial sums", "ours (uint8+colour input) +BN mask recomputed",
-        "ours (rows+augment input) +unroll10 +unit reads", "ours (rows+augment input)", "ours (rows+augment input)", "torch-eager"])
+        "ours (rows+augment input) +unroll10 +unit reads", "ours (uint8+colour input) +BN-ReLU in 1x1 GEMMs",
+        "ours (rows+augment input)", "ours (rows+augment input)", "torch-eager"])
     assert [r["model"] for r in compiled] == ["cifar1001"] and len(missing) == 1
     table = chart.markdown(rows, missing, compiled)
     assert "| in50 | 256 | train | ours (uint8+colour input) | bfloat16 | 25.0 | 10240.0 | blocked median | 30.0 | 16.00 |" in table

@@ -173,14 +173,15 @@ def test_corrupted_newest_checkpoint_falls_back_with_a_warning(digits_data_dir, 
 
 
 def test_a_checkpoint_resumes_under_another_scan_unroll_or_remat(digits_data_dir, reference, tmp_path):
-    """scan, scan_unroll, remat, the two BN levers and scan_unit_reads change how the step compiles, not the parameters."""
+    """scan, scan_unroll, remat, the two BN levers, scan_unit_reads and conv1x1_fusion change how the
+    step compiles, not the parameters."""
     workdir = tmp_path / "work"
     shutil.copytree(reference, workdir)
     (workdir / "results.json").unlink()
     r = run(digits_data_dir, workdir, "--config.model.scan=False", "--config.model.scan_unroll=2",
             "--config.model.remat=True", "--config.model.remat_policy=nothing",
             "--config.model.bn_recompute_mask=True", "--config.model.bn_partial_sums=True",
-            "--config.model.scan_unit_reads=True")
+            "--config.model.scan_unit_reads=True", "--config.model.conv1x1_fusion=True")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resumed from the checkpoint at step {STEPS}" in r.stdout
     assert final_test(workdir) == final_test(reference)
