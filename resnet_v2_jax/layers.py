@@ -281,23 +281,24 @@ def gemm_fusion_available() -> bool:
     return _gemm_fusion(_bn_relu_gemm) is not None
 
 
-def _fused_1x1(kernel, strides: int, padding: int, groups: int, fuse: bool) -> bool:
+def _fused_1x1(kernel, strides: int, padding: int, fuse: bool) -> bool:
     """Whether conv(relu(BN(x))) runs as one GEMM with the BN-ReLU as its prologue: a 1x1, stride-1
-    convolution over BN statistics of the whole batch (one group; per-group factors would vary
-    along the product's rows)."""
-    return fuse and kernel.shape[:2] == (1, 1) and strides == 1 and padding == 0 and groups == 1
+    convolution."""
+    return fuse and kernel.shape[:2] == (1, 1) and strides == 1 and padding == 0
 
 
 def _bn_relu_gemm(x, mul, add, w, dtype):
-    """relu(x * mul + add) @ w: x (rows, K), w (K, N), in `dtype`, float32 accumulation."""
+    """relu(x * mul + add) @ w: x (groups, rows, K) with each group's factors mul, add (groups, 1, K),
+    w (K, N); in `dtype`, float32 accumulation."""
     y = jnp.maximum(_scale_shift(x, mul, add, dtype), 0)
-    return jax.lax.dot_general(y, w, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32).astype(dtype)
+    return jax.lax.dot_general(y, w, (((2,), (0,)), ((), ())), preferred_element_type=jnp.float32).astype(dtype)
 
 
 def _bn_relu_gemm_wgrad(x, mul, add, gz, dtype):
-    """relu(x * mul + add)^T @ gz: the 1x1 convolution's weight gradient, BN-ReLU recomputed inside."""
+    """relu(x * mul + add)^T @ gz over all groups' rows: the 1x1 convolution's weight gradient,
+    BN-ReLU recomputed inside."""
     y = jnp.maximum(_scale_shift(x, mul, add, dtype), 0)
-    return jax.lax.dot_general(y, gz, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return jax.lax.dot_general(y, gz, (((0, 1), (0, 1)), ((), ())), preferred_element_type=jnp.float32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9))
@@ -315,17 +316,17 @@ def _bn_relu_conv(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides,
 
 
 def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding, gemm_fusion):
-    fused = _gemm_fusion(_bn_relu_gemm) if _fused_1x1(kernel, strides, padding, x.shape[0], gemm_fusion) else None
+    fused = _gemm_fusion(_bn_relu_gemm) if _fused_1x1(kernel, strides, padding, gemm_fusion) else None
     if fused is None:
         (y, mean, var), bn_res = _bn_train_fwd(x, scale, bias, True, epsilon, dtype, False, partial_sums)
         z = _conv(y.reshape((-1,) + y.shape[2:]), kernel, strides, padding)
         return (z, mean, var), (*bn_res, kernel)
     # BN's statistics and saved vectors as `_bn_train_fwd` has them; its output is the product's prologue.
     mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, partial_sums)
-    k, n = kernel.shape[2:]
-    z = fused(x.reshape(-1, k), mul.reshape(k), add.reshape(k), kernel.reshape(k, n), dtype=dtype)
+    (g, k), n = (x.shape[0], x.shape[-1]), kernel.shape[-1]
+    z = fused(x.reshape(g, -1, k), mul.reshape(g, 1, k), add.reshape(g, 1, k), kernel.reshape(k, n), dtype=dtype)
     stats = jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add])
-    return (z.reshape(x.shape[1:-1] + (n,)), mean, var), (x, stats, kernel)
+    return (z.reshape((-1,) + x.shape[2:-1] + (n,)), mean, var), (x, stats, kernel)
 
 
 def _bn_relu_conv_bwd(epsilon, dtype, partial_sums, strides, padding, gemm_fusion, res, cotangents):
@@ -335,17 +336,16 @@ def _bn_relu_conv_bwd(epsilon, dtype, partial_sums, strides, padding, gemm_fusio
     x, stats, kernel = res
     gz, gmean, gvar = cotangents
     _, _, mul, add = stats
-    fused = _gemm_fusion(_bn_relu_gemm_wgrad) if _fused_1x1(kernel, strides, padding, x.shape[0], gemm_fusion) else None
+    fused = _gemm_fusion(_bn_relu_gemm_wgrad) if _fused_1x1(kernel, strides, padding, gemm_fusion) else None
     if fused is None:
         y = jnp.maximum(_scale_shift(x, mul, add, dtype), 0)
         _, pullback = jax.vjp(lambda y, k: _conv(y, k, strides, padding), y.reshape((-1,) + y.shape[2:]), kernel)
         gy, gkernel = pullback(gz)
     else:
-        k, n = kernel.shape[2:]
-        gz2 = gz.reshape(-1, n)
-        gkernel = fused(x.reshape(-1, k), mul.reshape(k), add.reshape(k), gz2, dtype=dtype).astype(kernel.dtype)
-        gkernel = gkernel.reshape(kernel.shape)
-        gy = jax.lax.dot_general(gz2, kernel.reshape(k, n), (((1,), (1,)), ((), ())),
+        (g, k), n = (x.shape[0], x.shape[-1]), kernel.shape[-1]
+        gkernel = fused(x.reshape(g, -1, k), mul.reshape(g, 1, k), add.reshape(g, 1, k), gz.reshape(g, -1, n),
+                        dtype=dtype).astype(kernel.dtype).reshape(kernel.shape)
+        gy = jax.lax.dot_general(gz.reshape(-1, n), kernel.reshape(k, n), (((1,), (1,)), ((), ())),
                                  preferred_element_type=jnp.float32).astype(gz.dtype)
     dx, dscale, dbias = _bn_train_bwd(True, epsilon, dtype, False, partial_sums, (x, stats),
                                       (gy.reshape(x.shape), gmean, gvar))

@@ -46,9 +46,11 @@ def _bn_relu_conv(kernel_shape, strides, padding, groups, fuse):
     return step, (x, scale, bias, w)
 
 
-def test_the_fused_1x1_conv_is_the_conv_of_bn_relu_with_its_gradients(cpu_fusion):
-    step, args = _bn_relu_conv((1, 1, 16, 24), 1, 0, 1, False)
-    fused, _ = _bn_relu_conv((1, 1, 16, 24), 1, 0, 1, True)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_the_fused_1x1_conv_is_the_conv_of_bn_relu_with_its_gradients(cpu_fusion, groups):
+    """Also with BN over groups (the CIFAR experiments: half the batch), each with its own factors."""
+    step, args = _bn_relu_conv((1, 1, 16, 24), 1, 0, groups, False)
+    fused, _ = _bn_relu_conv((1, 1, 16, 24), 1, 0, groups, True)
     program = str(fused.trace(*args).jaxpr)
     # forward and weight gradient read x through the BN-ReLU prologue, the data gradient is a third product
     assert "conv_general_dilated" not in program and program.count("dot_general") == 3
@@ -60,8 +62,7 @@ def test_the_fused_1x1_conv_is_the_conv_of_bn_relu_with_its_gradients(cpu_fusion
 
 @pytest.mark.parametrize("kernel_shape, strides, padding, groups", [
     ((3, 3, 16, 24), 1, 1, 1),  # not 1x1
-    ((1, 1, 16, 24), 2, 0, 1),  # strided
-    ((1, 1, 16, 24), 1, 0, 2),  # BN over two groups: per-group factors along the product's rows
+    ((1, 1, 16, 24), 2, 0, 2),  # strided
 ])
 def test_other_convolutions_keep_their_program(cpu_fusion, kernel_shape, strides, padding, groups):
     step, args = _bn_relu_conv(kernel_shape, strides, padding, groups, False)
@@ -69,11 +70,11 @@ def test_other_convolutions_keep_their_program(cpu_fusion, kernel_shape, strides
     assert str(fused.trace(*args).jaxpr) == str(step.trace(*args).jaxpr)
 
 
-def _network(fuse: bool, scan: bool = False):
-    """A CIFAR bottleneck network (3 units a stage), BN over the whole batch: loss and gradients."""
+def _network(fuse: bool, scan: bool = False, bn_group_size: int = 0):
+    """A CIFAR bottleneck network (3 units a stage) on 4 images: loss and gradients."""
     c = config_lib.default().model
     c.block, c.depth, c.width, c.scan, c.conv1x1_fusion = "bottleneck", 29, 0.25, scan, fuse
-    model = networks.build(c)
+    model = networks.build(c, bn_group_size=bn_group_size)
     x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
     variables = jax.jit(model.init, static_argnames="train")(jax.random.PRNGKey(1), x, train=False)
 
@@ -85,13 +86,13 @@ def _network(fuse: bool, scan: bool = False):
     return jax.jit(jax.value_and_grad(loss)), variables["params"]
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_the_network_fuses_the_first_conv_of_each_non_transition_unit(cpu_fusion, scan):
+@pytest.mark.parametrize("scan, bn_group_size", [(False, 0), (True, 0), (True, 2)])
+def test_the_network_fuses_the_first_conv_of_each_non_transition_unit(cpu_fusion, scan, bn_group_size):
     """Of the 9 units, the 6 that are not a stage's first apply their own BN-ReLU in Conv_0 (1x1):
     those become GEMMs; the last conv keeps cuDNN's residual add in its epilogue. Same parameters,
     same loss, the gradients to float rounding."""
-    step, params = _network(False, scan)
-    fused, fused_params = _network(True, scan)
+    step, params = _network(False, scan, bn_group_size)
+    fused, fused_params = _network(True, scan, bn_group_size)
     assert jax.tree.structure(params) == jax.tree.structure(fused_params)
     base, program = step.lower(params).as_text(), fused.lower(params).as_text()
     # Each fused conv is three products (forward, both gradients) where there were three convolutions.
