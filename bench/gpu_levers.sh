@@ -32,6 +32,16 @@ if len(lines) == 2:
     print("update-free vs updated graphs, deterministic, 13 steps:", [r["loss"] for r in lines],
           "equal" if lines[0]["loss"] == lines[1]["loss"] else "DIFFERENT")
 PY
+# 1b. Does cuDNN take a BN-ReLU as a convolution's prologue? (bench/conv_region_check.py, session 16:
+#    one op at a time, XLA's way against a cuDNN-fusion region, 1x1 and 3x3; model.conv1x1_fusion
+#    uses the 1x1 form, timed in whole steps by gpu_compare.sh; a 3x3 region would reach every unit.)
+#    One JSON line per shape and way into $OUT/regions.jsonl.
+t=$(budget 90)
+if [ "$t" -gt 0 ]; then
+  echo "+ conv_region_check [at ${SECONDS} s]" | tee -a "$OUT/log.txt"
+  timeout "$t" python3 bench/conv_region_check.py >>"$OUT/regions.jsonl" 2>>"$OUT/log.txt" \
+    || echo '{"failed": "bench/conv_region_check.py"}' >>"$OUT/regions.jsonl"
+fi
 # 2. The memory goal not yet measured under concurrent graphs: ResNet-1001 at batch 128 (one process:
 #    the device's peak is the process's; ResNet-200 at batch 128 peaked at 8.99 GiB in the third run).
 ours 90 --config=experiments/cifar1001_b128.py --config.batch_size=128 --steps=10 --warmup=2
