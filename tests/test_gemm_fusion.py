@@ -95,11 +95,13 @@ def test_the_network_fuses_the_first_conv_of_each_non_transition_unit(cpu_fusion
     fused, fused_params = _network(True, scan, bn_group_size)
     assert jax.tree.structure(params) == jax.tree.structure(fused_params)
     base, program = step.lower(params).as_text(), fused.lower(params).as_text()
-    # Each fused conv is three products (forward, both gradients) where there were three convolutions.
-    # A stage's two non-first units lower to one function (one scan body, or one outlined call), so
-    # the program text holds 3 of the 6, and the head's Dense its own 3 products.
-    assert base.count("stablehlo.dot_general") == 3 and program.count("stablehlo.dot_general") == 3 + 3 * 3
-    assert program.count("stablehlo.convolution") == base.count("stablehlo.convolution") - 3 * 3
+    # Each fused conv is three products (forward, both gradients) where there were three convolutions;
+    # the head's Dense has its own 3. A stage's two non-first units are one scan body, or unscanned
+    # one outlined function or two (JAX 0.10.2 merges the identical ones, 0.11.2 does not).
+    added = program.count("stablehlo.dot_general") - base.count("stablehlo.dot_general")
+    assert base.count("stablehlo.dot_general") == 3
+    assert added == base.count("stablehlo.convolution") - program.count("stablehlo.convolution")
+    assert added == 3 * 3 if scan else added in (3 * 3, 3 * 6)
     (loss, grads), (loss_ref, grads_ref) = fused(params), step(params)
     np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
