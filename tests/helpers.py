@@ -77,3 +77,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def train_loss_step(model):
+    """(jit value_and_grad of a training-mode loss over params, params) for `model` on 4 random 8x8
+    images: the tests that compare two ways of compiling a network's step."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
+    variables = jax.jit(model.init, static_argnames="train")(jax.random.PRNGKey(1), x, train=False)
+
+    def loss(params):
+        out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
+                             mutable=["batch_stats"])
+        return jnp.sum(out.astype(jnp.float32) ** 2)
+
+    return jax.jit(jax.value_and_grad(loss)), variables["params"]

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import train_loss_step
 
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import layers, networks
@@ -75,15 +76,7 @@ def _network(fuse: bool, scan: bool = False, bn_group_size: int = 0):
     c = config_lib.default().model
     c.block, c.depth, c.width, c.scan, c.conv1x1_fusion = "bottleneck", 29, 0.25, scan, fuse
     model = networks.build(c, bn_group_size=bn_group_size)
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
-    variables = jax.jit(model.init, static_argnames="train")(jax.random.PRNGKey(1), x, train=False)
-
-    def loss(params):
-        out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                             mutable=["batch_stats"])
-        return jnp.sum(out.astype(jnp.float32) ** 2)
-
-    return jax.jit(jax.value_and_grad(loss)), variables["params"]
+    return train_loss_step(model)
 
 
 @pytest.mark.parametrize("scan, bn_group_size", [(False, 0), (True, 0), (True, 2)])

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import train_loss_step
 from jax._src.lax.control_flow import loops
 
 from resnet_v2_jax import config as config_lib
@@ -33,15 +34,7 @@ def _net(unroll: int):
     c = config_lib.default().model
     c.block, c.depth, c.width, c.scan_unroll = "basic", 32, 0.5, unroll
     model = networks.build(c)
-    x = jax.random.normal(jax.random.PRNGKey(0), (4, 8, 8, 3))
-    variables = jax.jit(model.init, static_argnames="train")(jax.random.PRNGKey(1), x, train=False)
-
-    def loss(params):
-        out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
-                             mutable=["batch_stats"])
-        return jnp.sum(out.astype(jnp.float32) ** 2)
-
-    return jax.jit(jax.value_and_grad(loss)), variables["params"]
+    return train_loss_step(model)
 
 
 def test_unit_reads_change_the_program_not_the_numbers(cpu_rule):
