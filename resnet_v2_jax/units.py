@@ -133,9 +133,7 @@ class ResidualUnit(nn.Module):
                          name=f"Conv_{i}")(f)
             else:  # the same parameters as the two modules it replaces
                 kernel = ConvKernel((k, k, pending.shape[-1], feats), init, name=f"Conv_{i}")()
-                # The last conv's output meets the shortcut: cuDNN adds it in the convolution's
-                # epilogue, which a fused product would give up (conv1x1_fusion: not on the last).
-                f = norm(relu=True, **({"conv1x1_fusion": False} if last else {}))(pending, conv=(kernel, s, k // 2))
+                f = norm(relu=True)(pending, conv=(kernel, s, k // 2))
             f = checkpoint_name(f, "conv")
             ops = order.end if last else order.mid
             pending = f if fuse and not last and ops == "BR" else None

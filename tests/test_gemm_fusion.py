@@ -80,21 +80,22 @@ def _network(fuse: bool, scan: bool = False, bn_group_size: int = 0):
 
 
 @pytest.mark.parametrize("scan, bn_group_size", [(False, 0), (True, 0), (True, 2)])
-def test_the_network_fuses_the_first_conv_of_each_non_transition_unit(cpu_fusion, scan, bn_group_size):
-    """Of the 9 units, the 6 that are not a stage's first apply their own BN-ReLU in Conv_0 (1x1):
-    those become GEMMs; the last conv keeps cuDNN's residual add in its epilogue. Same parameters,
-    same loss, the gradients to float rounding."""
+def test_the_network_fuses_every_1x1_conv_after_a_units_own_bn_relu(cpu_fusion, scan, bn_group_size):
+    """Of the 9 units, the 6 that are not a stage's first apply their own BN-ReLU in Conv_0 (1x1; a
+    stage's first shares it with the projection shortcut), and all 9 theirs in Conv_2 (1x1): those
+    15 become GEMMs, the 3x3 Conv_1 stays. Same parameters, same loss, the gradients to float rounding."""
     step, params = _network(False, scan, bn_group_size)
     fused, fused_params = _network(True, scan, bn_group_size)
     assert jax.tree.structure(params) == jax.tree.structure(fused_params)
     base, program = step.lower(params).as_text(), fused.lower(params).as_text()
     # Each fused conv is three products (forward, both gradients) where there were three convolutions;
-    # the head's Dense has its own 3. A stage's two non-first units are one scan body, or unscanned
-    # one outlined function or two (JAX 0.10.2 merges the identical ones, 0.11.2 does not).
+    # the head's Dense has its own 3. Per stage: the first unit's Conv_2, and the other two units'
+    # Conv_0 and Conv_2 as one scan body, or unscanned as one outlined function or two (JAX 0.10.2
+    # merges the identical ones, 0.11.2 does not): 3 x 3 or 3 x 5 fused convs in the program text.
     added = program.count("stablehlo.dot_general") - base.count("stablehlo.dot_general")
     assert base.count("stablehlo.dot_general") == 3
     assert added == base.count("stablehlo.convolution") - program.count("stablehlo.convolution")
-    assert added == 3 * 3 if scan else added in (3 * 3, 3 * 6)
+    assert added == 3 * 3 * 3 if scan else added in (3 * 3 * 3, 3 * 3 * 5)
     (loss, grads), (loss_ref, grads_ref) = fused(params), step(params)
     np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
@@ -136,9 +137,10 @@ def test_traced_for_a_gpu_the_products_are_cudnn_fusions_where_the_jaxlib_compil
     finally:
         layers._cudnn_fusion.cache_clear()
     if min_jaxlib == (0, 0, 0):
-        # per stage (its two non-first units share one traced function): a forward and a weight-gradient region
-        assert "cudnn_fusion" not in base and program.count("cudnn_fusion[") == 2 * 3
-        assert len(re.findall(r"name=_bn_relu_gemm\b", program)) == len(re.findall(r"name=_bn_relu_gemm_wgrad\b", program)) == 3
+        # per stage (its two non-first units share one traced function): 3 fused convs, each a forward
+        # and a weight-gradient region
+        assert "cudnn_fusion" not in base and program.count("cudnn_fusion[") == 2 * 9
+        assert len(re.findall(r"name=_bn_relu_gemm\b", program)) == len(re.findall(r"name=_bn_relu_gemm_wgrad\b", program)) == 9
     else:
         assert program == base
         assert "model.conv1x1_fusion ignored: it needs jaxlib >= 99.0.0" in caplog.text
