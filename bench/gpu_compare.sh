@@ -27,9 +27,9 @@ source "$(dirname "$0")/gpu_lib.sh"
 #    unit of a loop iteration reads its rows of the stacked inputs by its own index: in XLA's H200
 #    code 23 of its 400 largest kernels, 9.05 GB a step, load single elements without it and 1 with
 #    it; session 15, not yet timed). BN partial sums, timed three times, left this list. ResNet-164
-#    and ResNet-1001 also with model.conv1x1_fusion (the BN-ReLU before each bottleneck unit's first,
-#    1x1 conv applied inside that conv's GEMM; XLA's count for an H200: 3% fewer kernels, 4.7% fewer
-#    bytes; session 16, not yet timed), last: a compile failure costs the lines before nothing.
+#    and ResNet-1001 also with model.conv1x1_fusion (a unit's BN-ReLU before a 1x1 conv applied
+#    inside that conv's GEMM; XLA's count for an H200: 7% and 4% fewer kernels, 3% fewer bytes;
+#    session 16, not yet timed), last: a compile failure costs the lines before nothing.
 #    With --profile_dir the profiled runs also save every kernel's time and the compiled step, which
 #    bench/kernel_bandwidth.py sets beside each kernel's bytes afterwards ($OUT/profiles.tgz).
 cifar() {  # cifar PROFILE_FLAGS: the CIFAR runs in one process; PROFILE_FLAGS empty: none profiled
@@ -61,9 +61,9 @@ peer 60 in50 256 20 eager
 #    beside the plain Flax ResNet-50, their timed steps alternating (--compare); ResNet-50 once more,
 #    profiled and saved (--profile_dir: every kernel's time beside the compiled step, for
 #    bench/kernel_bandwidth.py; the max pool's kernels were rewritten in session 14 from their GPU
-#    code alone); ResNet-50 with model.conv1x1_fusion (XLA's count for an H200: 2.6% fewer bytes, 17
-#    fewer kernels; session 16, not yet timed; before the next two so that the deadline cuts those
-#    first); then the plain Flax CIFAR baselines as the issue measured them.
+#    code alone); ResNet-50 with model.conv1x1_fusion (XLA's count for an H200: 5% fewer kernels,
+#    2.4% fewer bytes; session 16, not yet timed; before the next two so that the deadline cuts
+#    those first); then the plain Flax CIFAR baselines as the issue measured them.
 ours 270 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --compare \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=5 --warmup=2 --profile_steps=3 --profile_dir=$PROFILES" \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.conv1x1_fusion=True" \

@@ -124,13 +124,13 @@ def default() -> ml_collections.ConfigDict:
     # 12% fewer bytes, 2% fewer kernels (unrolled steps: the same program). On one H200 (bf16, batch
     # 64, 2026-11-27, third run): 47.2 against 48.7 ms a step, 2.8 against 5.0 GiB.
     m.bn_recompute_output = True
-    # With bn_recompute_output, a unit's own BN-ReLU before its first convolution, when that is 1x1 and
-    # stride 1 (bottleneck units), runs on a CUDA GPU as one matrix product that applies the BN-ReLU
-    # to its input as it reads it, in the forward and in the weight gradient (layers._bn_relu_gemm,
-    # cuDNN-fusion regions that XLA gives to cuDNN or its Triton GEMM), so the BN-ReLU output is never
-    # written. One device; jaxlib >= 0.11.2. XLA's count for an H200 (2026-11-27, session 16,
-    # BENCHMARKS.md "BN-ReLU inside the 1x1 convolutions"): ResNet-50 -2% kernels, -2.6% bytes,
-    # ResNet-164 -3.1% and -4.7%, ResNet-1001 -3.2% and -4.7%. Not yet timed: off.
+    # With bn_recompute_output, a unit's own BN-ReLU before a 1x1 stride-1 convolution (bottleneck
+    # units) runs on a CUDA GPU as one matrix product that applies the BN-ReLU to its input as it
+    # reads it, in the forward and in the weight gradient (layers._bn_relu_gemm, cuDNN-fusion regions
+    # that XLA gives to cuDNN or its Triton GEMM), so the BN-ReLU output is never written. One device;
+    # jaxlib >= 0.11.2. XLA's count for an H200 (2026-11-27, session 16, BENCHMARKS.md "BN-ReLU
+    # inside the 1x1 convolutions"): kernels and bytes ResNet-50 -5.1% and -2.4%, ResNet-164 -6.7%
+    # and -3.4%, ResNet-1001 -4.2% and -3.0%; its compile there 15-30% longer. Not yet timed: off.
     m.conv1x1_fusion = False
     # The ImageNet stem's 7x7 stride-2 convolution on 3 channels as a 4x4 stride-1 one on the input's
     # 2x2 blocks (12 channels; layers.space_to_depth_conv): same parameters and result to float
