@@ -79,7 +79,7 @@ def _network(fuse: bool, scan: bool = False, bn_group_size: int = 0):
     return train_loss_step(model)
 
 
-@pytest.mark.parametrize("scan, bn_group_size", [(False, 0), (True, 0), (True, 2)])
+@pytest.mark.parametrize("scan, bn_group_size", [(False, 0), (True, 2)])
 def test_the_network_fuses_every_1x1_conv_after_a_units_own_bn_relu(cpu_fusion, scan, bn_group_size):
     """Of the 9 units, the 6 that are not a stage's first apply their own BN-ReLU in Conv_0 (1x1; a
     stage's first shares it with the projection shortcut), and all 9 theirs in Conv_2 (1x1): those
