@@ -261,6 +261,9 @@ def _cudnn_fusion():
                         "(this is %s); the convolutions stay", ".".join(map(str, GEMM_FUSION_MIN_JAXLIB)),
                         ".".join(map(str, version)))
         return None
+    if "rocm" in getattr(jax.devices()[0].client, "platform_version", "").lower():
+        logging.warning("model.conv1x1_fusion ignored: cuDNN fusions need a CUDA GPU; the convolutions stay")
+        return None
     return cudnn_fusion
 
 
