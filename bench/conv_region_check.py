@@ -40,7 +40,7 @@ SHAPES = [  # the 1x1 ones first: a region XLA or cuDNN cannot compile may end t
 
 
 def bn_relu_conv(x, mul, add, w):
-    y = jnp.maximum(x * mul.astype(x.dtype) + add.astype(x.dtype), 0)
+    y = jnp.maximum(layers._scale_shift(x, mul, add, x.dtype), 0)  # the model's BN-ReLU arithmetic
     return jax.lax.conv_general_dilated(y, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                         preferred_element_type=jnp.float32).astype(x.dtype)
 

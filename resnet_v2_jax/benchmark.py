@@ -328,7 +328,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         # what the compile got, not what was asked: off on a CPU, or where this JAX's scan is another
         "scan_unit_reads": scan_reads.in_effect() and bool(config.model.scan) and not baseline,
         # the same: on where this platform compiles the fused products (a CUDA GPU)
-        "conv1x1_fusion": bool(config.model.get("conv1x1_fusion")) and layers.gemm_fusion_available() and not baseline,
+        "conv1x1_fusion": bool(config.model.conv1x1_fusion) and layers.gemm_fusion_available() and not baseline,
         # the images each BN statistic is over (the CIFAR experiments: 64 of 128, the paper's GPUs)
         "bn_group": batch_size if baseline or not 0 < config.bn_group_size < batch_size else config.bn_group_size,
         "params": params,

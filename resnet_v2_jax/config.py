@@ -270,7 +270,7 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
         )
     if not 0.0 <= model.shortcut_dropout < 1.0:
         raise ValueError(f"model.shortcut_dropout={model.shortcut_dropout!r} must be in [0, 1)")
-    if model.get("conv1x1_fusion") and not model.bn_recompute_output:
+    if model.conv1x1_fusion and not model.bn_recompute_output:
         raise ValueError("model.conv1x1_fusion=True needs model.bn_recompute_output=True: it fuses the "
                          "BN-ReLU that the following convolution applies")
 
@@ -350,7 +350,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                     f"{name}={config[name]} is not divisible by the {num_devices} devices; "
                     f"use a multiple of {num_devices}"
                 )
-        if num_devices > 1 and config.model.get("conv1x1_fusion"):
+        if num_devices > 1 and config.model.conv1x1_fusion:
             # XLA's partitioner meets the fused products as opaque custom calls; whether it keeps
             # them per device or gathers their operands is unchecked.
             raise ValueError(f"model.conv1x1_fusion=True is for one device (this run has {num_devices}); "
