@@ -182,14 +182,20 @@ def test_max_pool_is_nn_max_pool_and_its_gradient_exactly_ties_included(shape, d
     def ours(x):
         return layers.max_pool(x, window, stride, padding)
 
-    x = jax.nn.relu(jax.random.normal(jax.random.PRNGKey(0), shape))
-    x = x.at[:, ::3].set(1.0).astype(dtype)  # ties at a nonzero value too
-    y, pullback = jax.vjp(ours, x)
-    y_ref, pullback_ref = jax.vjp(reference, x)
+    @jax.jit  # one compile per side: op by op, each case took 3-8 s on a 2-core CPU
+    def value_and_pullback(x, g):
+        ys = [jax.vjp(f, x) for f in (ours, reference)]
+        return [y for y, _ in ys], [pullback(g)[0] for _, pullback in ys]
+
+    rng = np.random.default_rng(0)  # numpy: after clear_caches each eager jax op would compile again
+    x = np.maximum(rng.standard_normal(shape, np.float32), 0)
+    x[:, ::3] = 1.0  # ties at a nonzero value too
+    x = jnp.asarray(x, dtype)
+    y_shape = jax.eval_shape(reference, x).shape
+    g = jnp.asarray(rng.integers(-4, 5, y_shape), dtype)  # small integers: exact sums
+    (y, y_ref), (dx, dx_ref) = value_and_pullback(x, g)
     assert y.dtype == dtype and y.shape == y_ref.shape
     np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(y_ref, np.float32))
-    g = jax.random.randint(jax.random.PRNGKey(1), y.shape, -4, 5).astype(dtype)  # small integers: exact sums
-    (dx,), (dx_ref,) = pullback(g), pullback_ref(g)
     assert dx.dtype == dtype
     np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(dx_ref, np.float32))
     assert float(jnp.abs(dx_ref.astype(jnp.float32)).sum()) > 0

@@ -121,13 +121,12 @@ def test_notebook_runs_offline_and_shows_each_section(executed):
     assert "SMALL settings" in text
     # a. the unit table
     assert "full_preact" in text and "exclusive_gating" in text and "variants built" in text
-    # b. the probes: both units, both small depths, and their two plots
+    # b. the probes: both units at the small depth (one, to keep the test short), and its plot
     for unit in ("original", "full_preact"):
-        for depth in (56, 164):
-            assert f"{unit}" in text and f"ResNet-{depth}" in text
-    assert "54 units" in text and "18 units" in text
+        assert f"{unit:12s} ResNet-56 " in text
+    assert text.count("  18 units") == 2
     probe_plots = [c for c in code if "plot_unit_norms" in c.source]
-    assert probe_plots and _images(probe_plots[0]) == 2
+    assert probe_plots and _images(probe_plots[0]) == 1
     # c. training wrote a complete workdir
     assert "status ok" in text
     for name in ("config.json", "metrics.jsonl", "results.json", "checkpoints"):

@@ -406,12 +406,12 @@ def test_full_disk_at_start_is_a_workdir_error(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- multi-process
 
 
-def mp_start(tmp_path, port, pid, n=2, steps=100000):
+def mp_start(tmp_path, port, pid, n=2, steps=100000, timeout_s=20):
     workdir = tmp_path / "mp"
     cmd = [sys.executable, "-m", "resnet_v2_jax.main", *TINY, f"--workdir={workdir}",
            "--config.dataset=synthetic", "--config.image_size=8", f"--config.num_train_steps={steps}",
            "--config.eval_every_steps=100000", "--config.checkpoint_every_steps=100000",
-           "--config.collective_timeout_s=20", f"--coordinator_address=127.0.0.1:{port}",
+           f"--config.collective_timeout_s={timeout_s}", f"--coordinator_address=127.0.0.1:{port}",
            f"--num_processes={n}", f"--process_id={pid}"]
     env = env_for(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     log = open(tmp_path / f"proc{pid}.log", "w")  # noqa: SIM115
@@ -443,12 +443,13 @@ def test_a_dying_process_makes_the_others_fail_fast(tmp_path, dies):
 
 def test_a_missing_process_fails_within_the_init_timeout(tmp_path):
     t = time.time()
-    p = mp_start(tmp_path, free_port(), 0)
+    p = mp_start(tmp_path, free_port(), 0, timeout_s=5)  # alone, it can only wait out the timeout
     rc = p.wait(timeout=120)
     out = (tmp_path / "proc0.log").read_text()
     assert rc == 1, out[-3000:]
-    assert "error: not all of the 2 processes at 127.0.0.1:" in out and "joined within" in out, out[-3000:]
-    assert time.time() - t < 90
+    assert "error: not all of the 2 processes at 127.0.0.1:" in out and "joined within collective_timeout_s=5s" in out, \
+        out[-3000:]
+    assert time.time() - t < 60
     assert not (tmp_path / "mp").exists()
 
 

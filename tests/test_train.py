@@ -514,7 +514,9 @@ def test_a_slow_input_pipeline_is_reported(tmp_path, digits_dir, monkeypatch, ca
     assert sum("the input pipeline sets the pace" in r.getMessage() for r in caplog.records) == 1
 
 
-def test_sigterm_saves_exits_zero_and_rerun_resumes(sigterm_run, digits_dir):
+def test_sigterm_saves_the_step_reached_and_exits_zero(sigterm_run, digits_dir):
+    """No checkpoint was due (every 1000 steps): the one there is SIGTERM's. Resuming from such a
+    checkpoint, to the same end as an uninterrupted run, is test_reliability's kill -9/SIGTERM/SIGINT test."""
     assert sigterm_run["rc"] == 0, sigterm_run["out"][-3000:]
     assert len(sigterm_run["checkpoints"]) == 1
     saved = int(sigterm_run["checkpoints"][0])
@@ -523,11 +525,6 @@ def test_sigterm_saves_exits_zero_and_rerun_resumes(sigterm_run, digits_dir):
     config = tiny_config(digits_dir, **{"model.unit": "original"})
     state, step = restore_state(sigterm_run["workdir"], config)
     assert step == saved and int(state.step) == saved
-    config.num_train_steps = saved + 2
-    results = train.train_and_evaluate(config, sigterm_run["workdir"])
-    new = read_metrics(sigterm_run["workdir"])[len(sigterm_run["metrics"]):]
-    assert [m["step"] for m in new] == [saved + 1, saved + 2]  # resumed, not restarted from 0
-    assert results["status"] == "ok" and results["steps"] == saved + 2
 
 
 def test_config_overrides_reach_the_model(sigterm_run, digits_dir):
