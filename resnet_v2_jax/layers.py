@@ -177,6 +177,11 @@ def _bn_statistics(x, scale, bias, epsilon, partial_sums):
     return mean, var, mul, bias - mean * mul
 
 
+def _saved_statistics(mean, var, mul, add, epsilon):
+    """The per-channel vectors BN's backward reads (`_bn_train_bwd` unpacks them in this order)."""
+    return jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add])
+
+
 def _bn_forward(x, scale, bias, relu, epsilon, dtype, partial_sums):
     """x grouped as (G, g, ..., C). (y, mean, var, mul, add) with float32 per-group statistics."""
     mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, partial_sums)
@@ -194,7 +199,7 @@ def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask, partial_
     # Saved: the input and one stack of per-channel vectors (scale * rstd is `mul`). Autodiff
     # would save the float32 copy of x, the ReLU mask and about six per-channel intermediates:
     # inside a scan each is one more stacked buffer, and one more kernel per unit on the GPU.
-    res = (x, jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add]))
+    res = (x, _saved_statistics(mean, var, mul, add, epsilon))
     if relu and recompute_mask:
         # The backward's mask is the forward's arithmetic on the same values, so XLA merges the two
         # and keeps the forward's mask (1 byte an element, written and read back). Behind a barrier
@@ -328,7 +333,7 @@ def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, partial_sums, stri
     mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, partial_sums)
     (g, k), n = (x.shape[0], x.shape[-1]), kernel.shape[-1]
     z = fused(x.reshape(g, -1, k), mul.reshape(g, 1, k), add.reshape(g, 1, k), kernel.reshape(k, n), dtype=dtype)
-    stats = jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add])
+    stats = _saved_statistics(mean, var, mul, add, epsilon)
     return (z.reshape((-1,) + x.shape[2:-1] + (n,)), mean, var), (x, stats, kernel)
 
 
