@@ -16,20 +16,18 @@
 source "$(dirname "$0")/gpu_lib.sh"
 
 # On the H200 (2026-11-27) each benchmark process took 80-90 s of the call, only 17-48 s of it the
-# compile, so runs that share XLA flags share one process (`--also`). Every line carries two figures:
+# compile, so runs that share XLA flags share one process (`--also`); the whole script took 452 s on
+# 2026-11-28. Every line carries two figures:
 # the blocked median (`step_ms`, `images_per_second`) and the same number of steps back to back
 # (`loop_ms`, `loop_images_per_second`: as training runs, and as the PyTorch peer is timed), which
 # the chart and table show.
 # 1. The CIFAR experiments as configured (config.CIFAR_XLA_FLAGS: concurrent, update-free CUDA graphs
-#    where the jaxlib knows them; since 2026-11-27, third run, ResNet-164's too, so one process),
-#    ResNet-110 and ResNet-1001 with --profile_steps (the device's own time per step, and whether
-#    kernels or gaps bound it: trace_summary.py), then ResNet-1001 with model.scan_unit_reads (each
-#    unit of a loop iteration reads its rows of the stacked inputs by its own index: in XLA's H200
-#    code 23 of its 400 largest kernels, 9.05 GB a step, load single elements without it and 1 with
-#    it; session 15, not yet timed). BN partial sums, timed three times, left this list. ResNet-164
-#    and ResNet-1001 also with model.conv1x1_fusion (a unit's BN-ReLU before a 1x1 conv applied
-#    inside that conv's GEMM; XLA's count for an H200: 7% and 4% fewer kernels, 3% fewer bytes;
-#    session 16, not yet timed), last: a compile failure costs the lines before nothing.
+#    where the jaxlib knows them), ResNet-110 and ResNet-1001 with --profile_steps (the device's own
+#    time per step, and whether kernels or gaps bound it: trace_summary.py). Then ResNet-164 and
+#    ResNet-1001 with model.conv1x1_fusion (a unit's BN-ReLU before a 1x1 conv applied inside that
+#    conv's GEMM), last, so that a compile failure costs the lines before nothing: on 2026-11-28
+#    ResNet-164 ran 14,463 img/s with it in one process against 12,838 without in another, so here
+#    both in one. (model.scan_unit_reads left this list on 2026-11-28: 1,530 against 1,534 img/s.)
 #    With --profile_dir the profiled runs also save every kernel's time and the compiled step, which
 #    bench/kernel_bandwidth.py sets beside each kernel's bytes afterwards ($OUT/profiles.tgz).
 cifar() {  # cifar PROFILE_FLAGS: the CIFAR runs in one process; PROFILE_FLAGS empty: none profiled
@@ -38,7 +36,6 @@ cifar() {  # cifar PROFILE_FLAGS: the CIFAR runs in one process; PROFILE_FLAGS e
     ${1:+--profile_steps=5 $1} \
     "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3" \
     "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3${1:+ --profile_steps=3 $1}" \
-    "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.scan_unit_reads=True" \
     "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.conv1x1_fusion=True" \
     "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.conv1x1_fusion=True"
 }
@@ -57,19 +54,17 @@ peer 60 cifar110 128 30 eager
 peer 60 cifar164 128 30 eager
 peer 60 cifar1001 64 10 eager
 peer 60 in50 256 20 eager
-# 3. XLA's default flags: ResNet-50 (its config sets none; its stem on 2x2 blocks since the third run)
-#    beside the plain Flax ResNet-50, their timed steps alternating (--compare); ResNet-50 once more,
-#    profiled and saved (--profile_dir: every kernel's time beside the compiled step, for
-#    bench/kernel_bandwidth.py; the max pool's kernels were rewritten in session 14 from their GPU
-#    code alone); ResNet-50 with model.conv1x1_fusion (XLA's count for an H200: 5% fewer kernels,
-#    2.4% fewer bytes; session 16, not yet timed; before the next two so that the deadline cuts
-#    those first); then the plain Flax CIFAR baselines as the issue measured them.
+# 3. XLA's default flags: ResNet-50 (its config sets none) beside the plain Flax ResNet-50, their
+#    timed steps alternating (--compare); ResNet-50 once more, profiled and saved (--profile_dir:
+#    every kernel's time beside the compiled step, for bench/kernel_bandwidth.py); then the plain
+#    Flax CIFAR baselines as the issue measured them. (model.conv1x1_fusion left this list on
+#    2026-11-28: -7.2% on ResNet-50 in one process.)
 ours 270 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --compare \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=5 --warmup=2 --profile_steps=3 --profile_dir=$PROFILES" \
-  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.conv1x1_fusion=True" \
   "--also=--config=experiments/cifar10_resnet110.py --config.batch_size=128 --steps=30 --warmup=3 --baseline --config.xla_flags=" \
   "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --baseline --config.xla_flags="
-# 4. torch.compile on ResNet-50 (the issue's 7,308 img/s), if the deadline leaves time.
+# 4. torch.compile on ResNet-50 (the issue's 7,308 img/s; its warm-up took 69 s on 2026-11-27, and
+#    the 66 s the deadline left it on 2026-11-28 were too few), if the deadline leaves time.
 peer 150 in50 256 20 compile
 
 finish

@@ -18,7 +18,9 @@ def get_config():
     # concurrent graphs, 15.4 ms (third run). XLA compiles it in 36-48 s there and 20 s on 2 CPU
     # cores (10 s scanned). The parameters are the scanned layout's, so checkpoints do not depend on it.
     c.model.scan_unroll = 17
-    # default()'s CUDA graphs: concurrent and update-free, 13.0 ms a step (9,874 images/s) on one H200
-    # (bf16, batch 128, 2026-11-27, third run), where serial graphs had run it in 13.8-14.9 ms.
+    # default()'s CUDA graphs: concurrent and update-free. On one H200 (bf16, batch 128, 2026-11-28)
+    # 12,838 images/s with its steps back to back, 13.5 ms a step waited for one by one (13.0 ms on
+    # 2026-11-27, where serial graphs had run it in 13.8-14.9 ms). On one GPU,
+    # --config.model.conv1x1_fusion=True ran it at 14,463 (BENCHMARKS.md, 2026-11-28).
     c.bn_group_size = c.batch_size // config_lib.PAPER_GPUS  # BN per GPU, as on the paper's two
     return c

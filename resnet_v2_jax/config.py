@@ -98,7 +98,7 @@ def default() -> ml_collections.ConfigDict:
     # tensors by its own index instead of slicing one block per iteration (scan_reads.py says why):
     # the H200 code of JAX 0.11.2's XLA for ResNet-1001 then loads vectors where it loaded single
     # elements in 24 of its 400 largest kernels (8.65 GB a step), with 11 fewer kernels of 10,908.
-    # Not yet timed on a GPU: off.
+    # Timed on one H200 (bf16, batch 64, 2026-11-28): 1,530 against 1,534 images/s, the same loss. Off.
     m.scan_unit_reads = False
     m.remat = False
     m.remat_policy = "conv"
@@ -130,7 +130,10 @@ def default() -> ml_collections.ConfigDict:
     # that XLA gives to cuDNN or its Triton GEMM), so the BN-ReLU output is never written. One device;
     # jaxlib >= 0.11.2. XLA's count for an H200 (2026-11-27, session 16, BENCHMARKS.md "BN-ReLU
     # inside the 1x1 convolutions"): kernels and bytes ResNet-50 -5.1% and -2.4%, ResNet-164 -6.7%
-    # and -3.4%, ResNet-1001 -4.2% and -3.0%; its compile there 15-30% longer. Not yet timed: off.
+    # and -3.4%, ResNet-1001 -4.2% and -3.0%; its compile there 15-30% longer. Timed on one H200
+    # (bf16, 2026-11-28, steps back to back): ResNet-50 -7.2% (same process), ResNet-1001 +0.6%,
+    # ResNet-164 +12.7% (14,463 against 12,838 images/s, two processes; compile 49 s, 4.4 against
+    # 1.8 GiB). Off: one device only, and no gain but on ResNet-164 (on one GPU, try it there).
     m.conv1x1_fusion = False
     # The ImageNet stem's 7x7 stride-2 convolution on 3 channels as a 4x4 stride-1 one on the input's
     # 2x2 blocks (12 channels; layers.space_to_depth_conv): same parameters and result to float
