@@ -640,19 +640,27 @@ def test_the_state_is_initialised_to_the_configured_models_own_parameters(scan, 
                                                       jax.tree.leaves(state.batch_stats)))
 
 
-def test_global_norm_is_optax_tree_norm_in_one_reduction():
+@pytest.mark.parametrize("own_sum_min", [1 << 18, 20, 1])
+def test_global_norm_is_optax_tree_norm(monkeypatch, own_sum_min):
     """step.global_norm (the gradient-norm metric and the NaN guard) equals optax.tree.norm on a tree of
-    mixed shapes and dtypes, and is infinite when one leaf is."""
+    mixed shapes and dtypes, and is infinite when a leaf is, whether the leaves are summed as one
+    concatenation (all small), alone (all large) or both ("a" alone, 60 values, at 20)."""
     import jax
     import jax.numpy as jnp
     import optax
 
     from resnet_v2_jax import step as step_lib
 
+    monkeypatch.setattr(step_lib, "NORM_OWN_SUM_MIN", own_sum_min)
     k = jax.random.split(jax.random.PRNGKey(0), 3)
     tree = {"a": jax.random.normal(k[0], (3, 4, 5)), "b": [jax.random.normal(k[1], (7,)).astype(jnp.bfloat16),
                                                            jnp.float32(2.5)], "c": jax.random.normal(k[2], (2, 2))}
     want = float(optax.tree.norm(jax.tree.map(lambda x: x.astype(jnp.float32), tree)))
     assert float(step_lib.global_norm(tree)) == pytest.approx(want, rel=1e-6)
-    tree["c"] = tree["c"].at[0, 1].set(jnp.inf)
-    assert not bool(jnp.isfinite(step_lib.global_norm(tree)))
+    # (a new function each time: make_jaxpr caches a function's trace, and the threshold is a global)
+    sums = str(jax.make_jaxpr(lambda t: step_lib.global_norm(t))(tree)).count("reduce_sum[")
+    assert sums == {1 << 18: 1, 20: 2, 1: 4}[own_sum_min]  # one per large leaf, one for the rest
+    for leaf in ("a", "c"):  # a large leaf at 20, a small one
+        bad = dict(tree, **{leaf: tree[leaf].at[(0,) * tree[leaf].ndim].set(jnp.nan)})
+        assert not bool(jnp.isfinite(step_lib.global_norm(bad)))
+    assert float(step_lib.global_norm({})) == 0.0
