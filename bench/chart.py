@@ -62,8 +62,12 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
                 impl += " +BN mask recomputed"
             if r.get("bn_partial_sums"):
                 impl += " +BN partial sums"
+            if r.get("bn_pallas_sums"):
+                impl += " +BN sums in Pallas"
             if r.get("stem_space_to_depth"):
                 impl += " +stem space-to-depth"
+            if r.get("stem_align_channels"):
+                impl += " (16 channels)"
             if r.get("bn_recompute_output"):
                 impl += " +BN output recomputed"
             if r.get("scan_unit_reads"):

@@ -320,7 +320,10 @@ def main(argv):
     layers.TARGET_PLATFORM = "gpu"  # the network as it is traced on a GPU (no CPU-only conv gradient)
     config = f.config
     t0 = time.perf_counter()
-    compiled = benchmark.lower_step(config, mesh, baseline=f.baseline).compile()
+    # Pallas's Triton lowering (model.bn_pallas_sums) asks for the GPU it compiles for: the abstract
+    # mesh names the target's device kind.
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        compiled = benchmark.lower_step(config, mesh, baseline=f.baseline).compile()
     compile_s = time.perf_counter() - t0
     text = compiled.as_text()
     if f.dump_hlo:
@@ -332,8 +335,10 @@ def main(argv):
         "scan_unroll": config.model.scan_unroll if config.model.scan and not f.baseline else None,
         "bn_group_size": 0 if f.baseline else config.bn_group_size,
         # the model's kernel levers that are on (lines before 2026-11-27, session 12, lack this)
-        "levers": [] if f.baseline else [k for k in ("bn_recompute_mask", "bn_partial_sums", "stem_space_to_depth",
-                                                                  "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion")
+        "levers": [] if f.baseline else [k for k in ("bn_recompute_mask", "bn_partial_sums", "bn_pallas_sums",
+                                                                  "stem_space_to_depth",
+                                                                  "stem_align_channels", "bn_recompute_output",
+                                                                  "scan_unit_reads", "conv1x1_fusion")
                                          if config.model.get(k)],
         "target": topology.devices[0].device_kind, "jax_version": jax.__version__,
         "xla_flags": xla_flags, "compile_s": round(compile_s, 1),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The second GPU call, after bench/gpu_compare.sh: what the run of 2026-11-28 (bench/gpu_2026-11-28/)
-# left open, most telling first. Same set-up and carry:
+# left open, most telling first (ResNet-50, the one goal not met). Same set-up and carry:
 #   run(command="DEADLINE_S=360 bash bench/gpu_levers.sh", carry=[".whl", ".bench"], timeout_s=390)
 # (bench/gpu_2026-11-28/levers/ ran the version committed in 73f9508; bench/gpu_2026-11-27c/levers/
 # the one in 65c9731, whose other levers, scan_unroll 5/20 and ResNet-1001's kernels traced without
@@ -12,6 +12,16 @@
 source "$(dirname "$0")/gpu_lib.sh"
 CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; print(CIFAR_XLA_FLAGS)")
 
+# 0. ResNet-50 (8,286 and 8,344 img/s on 2026-11-28, against 9,000), in one process: as configured
+#    (since then the global norms sum large leaves alone, a614e50), then with the levers prepared
+#    without a GPU on 2026-11-28 (session 19): model.bn_pallas_sums (BN's forward and backward sums in
+#    column_sums.py's Triton kernel; XLA's reductions ran them at 0.6-3.5 TB/s) profiled, so that
+#    the profile's `bn_column_sums` kernels can be set against XLA's reductions, and
+#    model.stem_align_channels (the blocked stem's 12 channels padded to 16, where cuDNN padded them
+#    itself in four kernels, 0.25 ms, and ran one sm80 CUTLASS convolution, 0.44 ms).
+ours 200 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_pallas_sums=True --profile_steps=3 --profile_dir=$PROFILES" \
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.stem_align_channels=True"
 # 1. Update-free CUDA graphs (config.UPDATE_FREE_GRAPHS, in the CIFAR flags) must compute what the
 #    step computes without graphs. Their losses so far agreed within what two processes differ by
 #    anyway (0.06% for ResNet-110, 0.6% for ResNet-1001; each compile autotunes its own

@@ -71,7 +71,7 @@ from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import step as step_lib
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "distinct_batches", "dtype", "scan", "scan_unroll", "remat",
-        "remat_policy", "bn_recompute_mask", "bn_partial_sums", "stem_space_to_depth", "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion", "bn_group", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
+        "remat_policy", "bn_recompute_mask", "bn_partial_sums", "bn_pallas_sums", "stem_space_to_depth", "stem_align_channels", "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion", "bn_group", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
         "step_ms_min", "step_ms_max", "dispatch_ms", "setup_s", "images_per_second", "loop_ms", "loop_images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
@@ -323,7 +323,11 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "remat_policy": config.model.remat_policy if config.model.remat and not baseline else None,
         "bn_recompute_mask": bool(config.model.bn_recompute_mask) and not baseline,
         "bn_partial_sums": bool(config.model.bn_partial_sums) and not baseline,
+        # what the compile got: on where the platform compiles the kernel (a GPU)
+        "bn_pallas_sums": bool(config.model.bn_pallas_sums) and layers.pallas_sums_available() and not baseline,
         "stem_space_to_depth": bool(config.model.stem_space_to_depth) and not baseline,
+        "stem_align_channels": bool(config.model.stem_space_to_depth and config.model.stem_align_channels)
+        and not baseline,
         "bn_recompute_output": bool(config.model.bn_recompute_output) and not baseline,
         # what the compile got, not what was asked: off on a CPU, or where this JAX's scan is another
         "scan_unit_reads": scan_reads.in_effect() and bool(config.model.scan) and not baseline,

@@ -27,8 +27,8 @@ class CheckpointMismatch(ValueError):
 # How the step is compiled, not what it computes: the parameter layout is the same under each and the
 # numbers agree to float rounding (tests/test_networks.py, tests/test_layers.py), so a checkpoint
 # resumes under any of them, e.g. unrolled on a GPU after a scanned start on a CPU.
-COMPILE_ONLY_FIELDS = ("scan", "scan_unroll", "remat", "remat_policy", "bn_recompute_mask", "bn_partial_sums",
-                       "stem_space_to_depth", "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion")
+COMPILE_ONLY_FIELDS = ("scan", "scan_unroll", "remat", "remat_policy", "bn_recompute_mask", "bn_partial_sums", "bn_pallas_sums",
+                       "stem_space_to_depth", "stem_align_channels", "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion")
 
 
 def _without_compile_only(fp: dict) -> dict:

@@ -116,6 +116,12 @@ def default() -> ml_collections.ConfigDict:
     # with concurrent graphs ResNet-110 the same, ResNet-1001 +4.4%; with the update-free graphs
     # (third run) ResNet-1001 -0.8%, ResNet-164 -11%. Off.
     m.bn_partial_sums = False
+    # BN's per-channel sums, forward and backward, in a hand-written Pallas (Triton) kernel on a GPU
+    # (column_sums.py): [rows, 128-column] slabs per program read as ~4096-value tiles, where XLA's
+    # reductions ran BN's sums at 0.6-3.5 TB/s in the H200's ResNet-50 profile (2026-11-28; its
+    # elementwise passes reach 3.9-4.4). XLA's count for an H200 (deviceless, JAX 0.11.2): the same
+    # kernel count. Not timed on a GPU yet (bench/gpu_levers.sh). One device; elsewhere XLA's sums.
+    m.bn_pallas_sums = False
     # A BN-ReLU whose only consumer is the next convolution runs with it as one op whose backward
     # recomputes the BN-ReLU output from BN's saved input, instead of keeping it: in a scanned stage
     # every kept tensor is a stacked buffer that XLA zero-fills, writes and reads back each step.
@@ -140,6 +146,12 @@ def default() -> ml_collections.ConfigDict:
     # rounding, a shape the GPU's tensor cores take better. On one H200 (bf16, batch 256, 2026-11-27,
     # third run) ResNet-50 took 33.9 against 35.0 ms a step (+3.2%). CIFAR networks have no stem.
     m.stem_space_to_depth = True
+    # With stem_space_to_depth, the blocked stem input's 12 channels padded with zeros to 16 in
+    # bfloat16 (a pixel's channels a multiple of 16 bytes; the kernel gets zero rows): the same
+    # result. In the H200's ResNet-50 profile (2026-11-28) cuDNN padded the 12-channel operands
+    # itself (four padding kernels, 0.25 ms a step) and ran one sm80 CUTLASS convolution (0.44 ms).
+    # Not yet timed on a GPU (bench/gpu_levers.sh times it beside the default). Off until it is.
+    m.stem_align_channels = False
     m.zero_init_last = False  # zero-init each unit's last layer (timm option; not the paper's)
 
     c.dataset = "cifar10"
@@ -273,6 +285,12 @@ def validate_model(model: ml_collections.ConfigDict) -> None:
         )
     if not 0.0 <= model.shortcut_dropout < 1.0:
         raise ValueError(f"model.shortcut_dropout={model.shortcut_dropout!r} must be in [0, 1)")
+    if model.bn_pallas_sums and model.bn_partial_sums:
+        raise ValueError("model.bn_pallas_sums=True and model.bn_partial_sums=True are two ways to reduce BN's "
+                         "sums: set one")
+    if model.stem_align_channels and not model.stem_space_to_depth:
+        raise ValueError("model.stem_align_channels=True needs model.stem_space_to_depth=True: it pads the "
+                         "channels of the stem's 2x2 blocks")
     if model.conv1x1_fusion and not model.bn_recompute_output:
         raise ValueError("model.conv1x1_fusion=True needs model.bn_recompute_output=True: it fuses the "
                          "BN-ReLU that the following convolution applies")
@@ -353,11 +371,12 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                     f"{name}={config[name]} is not divisible by the {num_devices} devices; "
                     f"use a multiple of {num_devices}"
                 )
-        if num_devices > 1 and config.model.conv1x1_fusion:
-            # XLA's partitioner meets the fused products as opaque custom calls; whether it keeps
-            # them per device or gathers their operands is unchecked.
-            raise ValueError(f"model.conv1x1_fusion=True is for one device (this run has {num_devices}); "
-                             "leave it off")
+        for lever in ("conv1x1_fusion", "bn_pallas_sums"):
+            if num_devices > 1 and config.model[lever]:
+                # XLA's partitioner meets the fused products and the Pallas kernel as opaque custom
+                # calls; whether it keeps them per device or gathers their operands is unchecked.
+                raise ValueError(f"model.{lever}=True is for one device (this run has {num_devices}); "
+                                 "leave it off")
         per_device = config.batch_size // num_devices
         # A group as large as the batch is the batch (BatchNorm does so). Otherwise a group is part
         # of one device's examples, or whole devices' examples (XLA then sums it across them).

@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
+from resnet_v2_jax import column_sums
+
 # N(0, sqrt(2 / (k*k*C_out))): He fan-out normal, not fan-in truncated (resnet-1k-layers, fb.resnet.torch).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 # Torch's nn.Linear default U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the official code zeroes the bias.
@@ -78,7 +80,7 @@ def scan_friendly_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs
 
 
 def space_to_depth_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                        dimension_numbers=None, feature_group_count=1, **kwargs):
+                        dimension_numbers=None, feature_group_count=1, *, align_bytes=0, **kwargs):
     """A stride-2 NHWC convolution (the ImageNet stem's 7x7 on 3 channels) computed as a stride-1
     convolution of the input's 2x2 blocks (H/2, W/2, 4C) with the kernel zero-padded to an even size
     and regrouped to (K'/2, K'/2, 4C, O): the same products and sums, same parameters, same result.
@@ -89,7 +91,14 @@ def space_to_depth_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
     ResNet-50 stems are fed. The input is shifted by `p % 2` rows and columns before it is blocked,
     so that the blocked convolution's padding is symmetric (p // 2 blocks a side), which cuDNN
     applies itself; XLA materialises an asymmetric one as a padded copy. Other geometries go to
-    `scan_friendly_conv` unchanged."""
+    `scan_friendly_conv` unchanged.
+
+    `align_bytes` (config.model.stem_align_channels): zero channels are appended to the blocks and
+    zero input rows to the kernel until a pixel's channels fill a multiple of that many bytes (12 ->
+    16 channels in bfloat16 for 16 bytes). The products added are zeros. Why: in the H200's profile
+    of ResNet-50 (2026-11-28) cuDNN padded the 12-channel bfloat16 operands itself, in four
+    `nhwcAddPaddingKernel` calls (0.25 ms a step) and 100+ MB workspaces, and ran one sm80 CUTLASS
+    convolution (0.44 ms) among its sm90 kernels."""
     s = 2
     n, h, w, c = lhs.shape
     kh, kw, _, o = rhs.shape
@@ -116,6 +125,11 @@ def space_to_depth_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rh
     x = x.reshape(n, rh, s, rw, s, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, rh, rw, s * s * c)
     k = jnp.pad(rhs, ((0, s * th - kh), (0, s * tw - kw), (0, 0), (0, 0)))
     k = k.reshape(th, s, tw, s, c, o).transpose(0, 2, 1, 3, 4, 5).reshape(th, tw, s * s * c, o)
+    if align_bytes:
+        per = max(1, align_bytes // jnp.dtype(lhs.dtype).itemsize)
+        extra = -(s * s * c) % per
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
+        k = jnp.pad(k, ((0, 0), (0, 0), (0, extra), (0, 0)))
     return jax.lax.conv_general_dilated(x, k, (1, 1), [(bh, bh), (bw, bw)],
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"), **kwargs)
 
@@ -158,19 +172,50 @@ def _partial_sums(a, b, axes):
     return sa.sum(1).reshape(keep), sb.sum(1).reshape(keep)
 
 
+def _pallas_plan(x):
+    """`column_sums.plan` for grouped x (G, g, ..., C) where the traced platform compiles the kernel;
+    else None (XLA's sums)."""
+    if _platform() not in column_sums.PLATFORMS:
+        return None
+    return column_sums.plan(math.prod(x.shape[1:-1]), x.shape[-1], x.shape[0])
+
+
+def pallas_sums_available() -> bool:
+    """Whether the platform the network is traced for compiles config.model.bn_pallas_sums' kernel."""
+    return _platform() in column_sums.PLATFORMS
+
+
+def _pallas_sums(fn, x, arrays, vectors=None):
+    """`column_sums.column_sums` over grouped x's rows, kept dims as `_group_sums` returns them."""
+    g, c = x.shape[0], x.shape[-1]
+    sa, sb = column_sums.column_sums(fn, [a.reshape(-1, c) for a in arrays], vectors, g,
+                                     interpret=_platform() != "gpu")
+    keep = (g,) + (1,) * (x.ndim - 2) + (c,)
+    return sa.reshape(keep), sb.reshape(keep)
+
+
 def _scale_shift(x, mul, add, dtype):
     """x * mul + add with per-channel float32 factors: one fused multiply-add in `dtype`. The forward,
     the eval path and the backward's ReLU mask all use it, so the mask matches the forward exactly."""
     return x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
 
 
-def _bn_statistics(x, scale, bias, epsilon, partial_sums):
+# How training reduces BN's per-channel sums: XLA's reductions; "partials", the forward's as one XLA
+# kernel of partial sums (config.model.bn_partial_sums); "pallas", forward and backward in
+# `column_sums`' kernel where the platform compiles it (config.model.bn_pallas_sums).
+SUMS = ("xla", "partials", "pallas")
+
+
+def _bn_statistics(x, scale, bias, epsilon, sums):
     """x grouped as (G, g, ..., C). (mean, var, mul, add): float32 per-group statistics and the
-    factors of BN's output x * mul + add."""
+    factors of BN's output x * mul + add. `sums`: SUMS, how the two sums are reduced."""
     axes = tuple(range(1, x.ndim - 1))
     count = math.prod(x.shape[a] for a in axes)
-    xf = x.astype(jnp.float32)
-    s, ss = (_partial_sums if partial_sums else _group_sums)(xf, xf * xf, axes)
+    if sums == "pallas" and _pallas_plan(x):
+        s, ss = _pallas_sums(lambda t, v: (t[0], t[0] * t[0]), x, [x])
+    else:
+        xf = x.astype(jnp.float32)
+        s, ss = (_partial_sums if sums == "partials" else _group_sums)(xf, xf * xf, axes)
     mean = s / count
     var = jnp.maximum(ss / count - mean * mean, 0.0)
     mul = scale * jax.lax.rsqrt(var + epsilon)
@@ -182,20 +227,20 @@ def _saved_statistics(mean, var, mul, add, epsilon):
     return jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add])
 
 
-def _bn_forward(x, scale, bias, relu, epsilon, dtype, partial_sums):
+def _bn_forward(x, scale, bias, relu, epsilon, dtype, sums):
     """x grouped as (G, g, ..., C). (y, mean, var, mul, add) with float32 per-group statistics."""
-    mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, partial_sums)
+    mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, sums)
     y = _scale_shift(x, mul, add, dtype)
     return (jnp.maximum(y, 0) if relu else y), mean, var, mul, add
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _bn_train(x, scale, bias, relu, epsilon, dtype, recompute_mask=False, partial_sums=False):
-    return _bn_forward(x, scale, bias, relu, epsilon, dtype, partial_sums)[:3]
+def _bn_train(x, scale, bias, relu, epsilon, dtype, recompute_mask=False, sums="xla"):
+    return _bn_forward(x, scale, bias, relu, epsilon, dtype, sums)[:3]
 
 
-def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask, partial_sums):
-    y, mean, var, mul, add = _bn_forward(x, scale, bias, relu, epsilon, dtype, partial_sums)
+def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask, sums):
+    y, mean, var, mul, add = _bn_forward(x, scale, bias, relu, epsilon, dtype, sums)
     # Saved: the input and one stack of per-channel vectors (scale * rstd is `mul`). Autodiff
     # would save the float32 copy of x, the ReLU mask and about six per-channel intermediates:
     # inside a scan each is one more stacked buffer, and one more kernel per unit on the GPU.
@@ -210,13 +255,14 @@ def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask, partial_
     return (y, mean, var), res
 
 
-def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, partial_sums, res, cotangents):
+def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, sums, res, cotangents):
     """The textbook BN gradient per group, plus the (usually zero) cotangents of mean and var.
 
-    Its sums stay XLA's: split like the forward's, they made XLA store the float32 products
-    (counted for an H200: 109 more full-size kernels for ResNet-110)."""
-    del epsilon, recompute_mask, partial_sums
-    x, (mean, rstd, mul, add) = res
+    Its sums are XLA's unless `sums` is "pallas": split like the forward's "partials", they made XLA
+    store the float32 products (counted for an H200: 109 more full-size kernels for ResNet-110)."""
+    del epsilon, recompute_mask
+    x, stats = res
+    mean, rstd, mul, add = stats
     gy, gmean, gvar = cotangents
     axes = tuple(range(1, x.ndim - 1))
     count = math.prod(x.shape[a] for a in axes)
@@ -225,7 +271,15 @@ def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, partial_sums, res, cotan
         gz = jnp.where(_scale_shift(x, mul, add, dtype) > 0, gz, 0.0)
     centred = x.astype(jnp.float32) - mean
     xhat = centred * rstd
-    sum_gz, sum_gz_xhat = _group_sums(gz, gz * xhat, axes)
+    if sums == "pallas" and _pallas_plan(x):
+        def masked(t, v):  # the lines above on [br, bc] tiles of (x, gy); v: the rows of `stats`
+            y = _scale_shift(t[0], v[2], v[3], dtype)  # the same arithmetic as the forward's in `dtype`
+            g = jnp.where(y.astype(jnp.float32) > 0, t[1], 0.0) if relu else t[1]
+            return g, g * ((t[0] - v[0]) * v[1])
+
+        sum_gz, sum_gz_xhat = _pallas_sums(masked, x, [x, gy], stats.reshape(4, x.shape[0], x.shape[-1]))
+    else:
+        sum_gz, sum_gz_xhat = _group_sums(gz, gz * xhat, axes)
     dx = (mul / count) * (count * gz - sum_gz - xhat * sum_gz_xhat)
     dx = dx + gmean / count + gvar * (2.0 / count) * centred
     param_axes = (0,) + axes
@@ -312,7 +366,7 @@ def _bn_relu_gemm_wgrad(x, mul, add, gz, dtype):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9))
-def _bn_relu_conv(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding, gemm_fusion):
+def _bn_relu_conv(x, scale, bias, kernel, epsilon, dtype, sums, strides, padding, gemm_fusion):
     """conv(relu(BN(x))) for grouped x, kernel in `dtype`: (z, mean, var). `_bn_train` followed by
     the convolution, except for what the backward keeps: x, not the BN-ReLU output y.
 
@@ -321,25 +375,25 @@ def _bn_relu_conv(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides,
     they read it, so y is never written: XLA otherwise writes y in a kernel of its own and reads it
     back in the convolution (its automatic GEMM fusion takes the ReLU into the product but not
     the per-channel scale and shift)."""
-    return _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding,
+    return _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, sums, strides, padding,
                              gemm_fusion)[0]
 
 
-def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, partial_sums, strides, padding, gemm_fusion):
+def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, sums, strides, padding, gemm_fusion):
     fused = _gemm_fusion(_bn_relu_gemm) if _fused_1x1(kernel, strides, padding, gemm_fusion) else None
     if fused is None:
-        (y, mean, var), bn_res = _bn_train_fwd(x, scale, bias, True, epsilon, dtype, False, partial_sums)
+        (y, mean, var), bn_res = _bn_train_fwd(x, scale, bias, True, epsilon, dtype, False, sums)
         z = _conv(y.reshape((-1,) + y.shape[2:]), kernel, strides, padding)
         return (z, mean, var), (*bn_res, kernel)
     # BN's statistics and saved vectors as `_bn_train_fwd` has them; its output is the product's prologue.
-    mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, partial_sums)
+    mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, sums)
     (g, k), n = (x.shape[0], x.shape[-1]), kernel.shape[-1]
     z = fused(x.reshape(g, -1, k), mul.reshape(g, 1, k), add.reshape(g, 1, k), kernel.reshape(k, n), dtype=dtype)
     stats = _saved_statistics(mean, var, mul, add, epsilon)
     return (z.reshape((-1,) + x.shape[2:-1] + (n,)), mean, var), (x, stats, kernel)
 
 
-def _bn_relu_conv_bwd(epsilon, dtype, partial_sums, strides, padding, gemm_fusion, res, cotangents):
+def _bn_relu_conv_bwd(epsilon, dtype, sums, strides, padding, gemm_fusion, res, cotangents):
     """The convolution's gradients from y recomputed (one elementwise pass over x, which the BN
     gradient reads anyway; with `gemm_fusion`, inside the weight gradient's product), then
     `_bn_train`'s backward."""
@@ -357,7 +411,7 @@ def _bn_relu_conv_bwd(epsilon, dtype, partial_sums, strides, padding, gemm_fusio
                         dtype=dtype).sum(0).astype(kernel.dtype).reshape(kernel.shape)
         gy = jax.lax.dot_general(gz.reshape(-1, n), kernel.reshape(k, n), (((1,), (1,)), ((), ())),
                                  preferred_element_type=jnp.float32).astype(gz.dtype)
-    dx, dscale, dbias = _bn_train_bwd(True, epsilon, dtype, False, partial_sums, (x, stats),
+    dx, dscale, dbias = _bn_train_bwd(True, epsilon, dtype, False, sums, (x, stats),
                                       (gy.reshape(x.shape), gmean, gvar))
     return dx, dscale, dbias, gkernel
 
@@ -514,7 +568,12 @@ class BatchNorm(nn.Module):
     relu: bool = False
     recompute_mask: bool = False  # the backward recomputes the ReLU mask (config.model.bn_recompute_mask)
     partial_sums: bool = False  # the forward's sums as one kernel of partials (config.model.bn_partial_sums)
+    pallas_sums: bool = False  # the sums as column_sums' kernel (config.model.bn_pallas_sums)
     conv1x1_fusion: bool = False  # BN-ReLU as a following 1x1 conv's GEMM prologue (config.model.conv1x1_fusion)
+
+    def _sums(self) -> str:
+        """One of SUMS: how training reduces BN's per-channel sums."""
+        return "pallas" if self.pallas_sums else "partials" if self.partial_sums else "xla"
 
     @nn.compact
     def __call__(self, x, conv: tuple | None = None):
@@ -542,12 +601,12 @@ class BatchNorm(nn.Module):
         grouped = x.reshape((n // g, g) + x.shape[1:])
         if conv is None:
             y, mean, var = _bn_train(grouped, scale, bias, self.relu, self.epsilon, jnp.dtype(self.dtype),
-                                     self.recompute_mask, self.partial_sums)
+                                     self.recompute_mask, self._sums())
             y = y.reshape((-1,) + y.shape[2:])
         else:
             kernel, strides, padding = conv
             y, mean, var = _bn_relu_conv(grouped, scale, bias, kernel.astype(self.dtype), self.epsilon,
-                                         jnp.dtype(self.dtype), self.partial_sums, strides, padding,
+                                         jnp.dtype(self.dtype), self._sums(), strides, padding,
                                          self.conv1x1_fusion)
         if not self.is_initializing():
             axes = tuple(range(grouped.ndim - 1))

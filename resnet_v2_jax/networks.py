@@ -70,15 +70,18 @@ class ResNet(nn.Module):
     bn_group_size: int = 0
     bn_recompute_mask: bool = False
     bn_partial_sums: bool = False
+    bn_pallas_sums: bool = False
     bn_recompute_output: bool = False
     conv1x1_fusion: bool = False
     stem_space_to_depth: bool = False
+    stem_align_channels: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool = True):
         order = ORDERS[self.unit]
         bn = functools.partial(BatchNorm, group_size=self.bn_group_size, recompute_mask=self.bn_recompute_mask,
-                               partial_sums=self.bn_partial_sums, conv1x1_fusion=self.conv1x1_fusion)
+                               partial_sums=self.bn_partial_sums, pallas_sums=self.bn_pallas_sums,
+                               conv1x1_fusion=self.conv1x1_fusion)
         norm = functools.partial(bn, use_running_average=not train, dtype=self.dtype)
         conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype, kernel_init=conv_init,
                                  conv_general_dilated=scan_friendly_conv)
@@ -89,7 +92,9 @@ class ResNet(nn.Module):
             x = conv(base, (3, 3), padding=[(1, 1)] * 2, name="conv1")(x)
         else:
             x = conv(base, (7, 7), strides=2, padding=[(3, 3)] * 2, name="conv1",
-                     **({"conv_general_dilated": space_to_depth_conv} if self.stem_space_to_depth else {}))(x)
+                     **({"conv_general_dilated": functools.partial(
+                         space_to_depth_conv, align_bytes=16 if self.stem_align_channels else 0)}
+                        if self.stem_space_to_depth else {}))(x)
         x = apply_ops(order.end + order.post, x, norm, name="conv1_bn")  # conv1 as a unit's last conv
         if self.family == "imagenet":
             x = max_pool(x, 3, 2, 1)
@@ -158,9 +163,11 @@ def build(model: ml_collections.ConfigDict, bn_group_size: int = 0) -> ResNet:
         bn_group_size=bn_group_size,
         bn_recompute_mask=model.bn_recompute_mask,
         bn_partial_sums=model.bn_partial_sums,
+        bn_pallas_sums=model.bn_pallas_sums,
         bn_recompute_output=model.bn_recompute_output,
         conv1x1_fusion=model.conv1x1_fusion,
         stem_space_to_depth=model.stem_space_to_depth,
+        stem_align_channels=model.stem_align_channels,
     )
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from jax.ad_checkpoint import print_saved_residuals
 
-from resnet_v2_jax import layers
+from resnet_v2_jax import column_sums, layers
+from resnet_v2_jax import config as config_lib
 
 EPS = 1e-5
 
@@ -99,7 +100,8 @@ def test_batchnorm_with_partial_sums_is_the_same_function_and_gradient(relu):
                jax.random.normal(k[5], (2, 1, 1, 1, 16)))
 
     def bn(partial_sums):
-        return lambda x, scale, bias, relu, dtype: layers._bn_train(x, scale, bias, relu, EPS, dtype, False, partial_sums)
+        sums = "partials" if partial_sums else "xla"
+        return lambda x, scale, bias, relu, dtype: layers._bn_train(x, scale, bias, relu, EPS, dtype, False, sums)
 
     jaxpr = str(jax.make_jaxpr(bn(True), static_argnums=(3, 4))(x, scale, bias, relu, jnp.dtype(jnp.float32)))
     assert "f32[2,32,16]" in jaxpr and "f32[2,32,16]" not in str(
@@ -115,6 +117,74 @@ def test_batchnorm_with_partial_sums_is_the_same_function_and_gradient(relu):
     for name, g, r in zip(("x", "scale", "bias"), got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=2e-5, atol=2e-5 * float(jnp.abs(r).max()),
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("rows,channels,groups,want", [
+    (256 * 56 * 56, 64, 1, (64, 64, 28, 448)),  # ResNet-50 stage 1 at batch 256: 448 programs
+    (256 * 7 * 7, 2048, 1, (128, 32, 14, 448)),  # stage 4: 16 column strips of 28 row slabs
+    (256 * 14 * 14, 256, 2, (128, 32, 14, 448)),  # two BN groups: slabs never straddle them
+    (64 * 8 * 8, 48, 1, None),  # channels not a power of two: XLA's sums
+    (7 * 9, 16, 1, None),  # odd rows: no tile height
+])
+def test_pallas_sums_plan_tiles_of_4096_values_into_about_528_programs(rows, channels, groups, want):
+    plan = column_sums.plan(rows, channels, groups)
+    if want is None:
+        assert plan is None
+        return
+    bc, br, its = plan
+    assert (bc, br, its, groups * rows // (br * its) * (channels // bc)) == want
+    assert bc * br <= column_sums.TILE_VALUES and rows % (br * its) == 0
+
+
+@pytest.fixture
+def pallas_on_cpu(monkeypatch):
+    """The Pallas kernel's program on this CPU, under Pallas's interpreter."""
+    monkeypatch.setattr(column_sums, "PLATFORMS", {"gpu", "cpu"})
+
+
+@pytest.mark.parametrize("relu,dtype", [(False, jnp.float32), (True, jnp.float32), (True, jnp.bfloat16)])
+def test_batchnorm_with_pallas_sums_is_the_same_function_and_gradient(relu, dtype, pallas_on_cpu):
+    """model.bn_pallas_sums moves BN's forward and backward sums into `column_sums`' kernel: the
+    outputs and gradients are XLA's sums' (float32 rounding; the ReLU mask the same arithmetic)."""
+    x, scale, bias, weights = inputs(dtype)
+    x = jnp.concatenate([x] * 2, axis=1)  # 2 groups of 8 examples of 5x5: 200 rows, tiles of 8
+
+    def bn(sums):
+        return lambda x, scale, bias, relu, dtype: layers._bn_train(x, scale, bias, relu, EPS, dtype, False, sums)
+
+    weights = (jnp.concatenate([weights[0]] * 2, axis=1),) + weights[1:]
+    f = loss(bn("pallas"), relu, weights, dtype)
+    assert str(jax.make_jaxpr(jax.grad(f, (0, 1, 2)))(x, scale, bias)).count("pallas_call") == 2
+    got = jax.grad(f, (0, 1, 2))(x, scale, bias)
+    want = jax.grad(loss(bn("xla"), relu, weights, dtype), (0, 1, 2))(x, scale, bias)
+    tol = 1e-5 if dtype == jnp.float32 else 1e-2
+    for name, g, r in zip(("x", "scale", "bias"), got, want):
+        np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(r, np.float32), rtol=tol,
+                                   atol=tol * float(jnp.abs(r.astype(jnp.float32)).max()), err_msg=name)
+    for name, a, b in zip(("y", "mean", "var"), bn("pallas")(x, scale, bias, relu, jnp.dtype(dtype)),
+                          bn("xla")(x, scale, bias, relu, jnp.dtype(dtype))):
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=tol, atol=tol,
+                                   err_msg=name)
+
+
+def test_pallas_sums_option_says_what_it_needs():
+    c = config_lib.default()
+    c.model.bn_pallas_sums = True
+    config_lib.validate(c, num_devices=1)
+    with pytest.raises(ValueError, match="bn_pallas_sums=True is for one device \\(this run has 2\\)"):
+        config_lib.validate(c, num_devices=2)
+    c.model.bn_partial_sums = True
+    with pytest.raises(ValueError, match="two ways to reduce BN's sums: set one"):
+        config_lib.validate(c)
+
+
+def test_pallas_sums_leave_a_cpu_to_xla():
+    """As shipped, only a GPU compiles the kernel: on a CPU the option traces XLA's sums."""
+    x, scale, bias, weights = inputs()
+    x = jnp.concatenate([x] * 2, axis=1)
+    jaxprs = [str(jax.make_jaxpr(lambda x, s=s: layers._bn_train(x, scale, bias, True, EPS, jnp.dtype(jnp.float32),
+                                                               False, s))(x)) for s in ("pallas", "xla")]
+    assert not layers.pallas_sums_available() and jaxprs[0] == jaxprs[1] and "pallas_call" not in jaxprs[0]
 
 
 def saved(fn, *args, capsys):
@@ -232,6 +302,28 @@ def test_space_to_depth_conv_is_the_strided_conv_forward_and_weight_gradient(siz
     np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), rtol=1e-5, atol=1e-5 * float(jnp.abs(g_ref).max()))
     jaxpr = str(jax.make_jaxpr(blocked)(w))
     assert jaxpr.count("conv_general_dilated") == 1 and "window_strides=(1, 1)" in jaxpr
+
+
+@pytest.mark.parametrize("dtype,channels", [(jnp.bfloat16, 16), (jnp.float32, 12)])
+def test_space_to_depth_conv_aligned_pads_the_blocks_with_zero_channels(dtype, channels):
+    """align_bytes=16 (model.stem_align_channels): the blocked conv reads 16 channels in bfloat16 (12
+    already fill 48 bytes in float32); the output and the weight gradient are the unaligned ones."""
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 20, 20, 3), dtype)
+    w = jax.random.normal(jax.random.PRNGKey(1), (7, 7, 3, 8), dtype)
+    dn = ("NHWC", "HWIO", "NHWC")
+
+    def conv(w, align):
+        return layers.space_to_depth_conv(x, w, (2, 2), [(3, 3)] * 2, dimension_numbers=dn, align_bytes=align)
+
+    y, y_ref = conv(w, 16), conv(w, 0)
+    np.testing.assert_allclose(np.asarray(y, np.float32), np.asarray(y_ref, np.float32), rtol=2e-2, atol=2e-2)
+    g, g_ref = (jax.grad(lambda w, a=a: (conv(w, a).astype(jnp.float32) ** 2).sum())(w) for a in (16, 0))
+    assert g.shape == w.shape
+    np.testing.assert_allclose(np.asarray(g, np.float32), np.asarray(g_ref, np.float32), rtol=2e-2,
+                               atol=2e-2 * float(jnp.abs(g_ref.astype(jnp.float32)).max()))
+    jaxpr = str(jax.make_jaxpr(lambda w: conv(w, 16))(w))
+    name = jnp.dtype(dtype).name.replace("bfloat16", "bf16").replace("float32", "f32")
+    assert f"{name}[2,11,11,{channels}]" in jaxpr and f"{name}[4,4,{channels},8]" in jaxpr, jaxpr
 
 
 def test_space_to_depth_conv_leaves_other_geometries_to_the_plain_conv():

@@ -666,6 +666,25 @@ def test_stem_space_to_depth_changes_no_number_and_blocks_the_input():
     assert stem(model) == (False, False) and stem(blocked) == (True, True)
 
 
+def test_stem_align_channels_feeds_16_channels_and_changes_no_parameter():
+    """config.model.stem_align_channels: in bfloat16 the blocked stem reads 16 channels (12 and 4 zero
+    ones), with the same parameters and, to bfloat16 rounding, the same loss; it needs the blocked stem."""
+    cfg = model_config(family="imagenet", depth=18, width=0.25, dtype="bfloat16")
+    cfg2 = cfg.copy_and_resolve_references()
+    cfg2.stem_align_channels = True
+    model, aligned = networks.build(cfg), networks.build(cfg2)
+    variables, x = random_variables(model, image=64), images(size=64)
+    assert jax.tree.structure(abstract_variables(aligned, 64)) == jax.tree.structure(variables)
+    (loss0, _), (loss, _) = (jax.jit(lambda v, m=m: _loss_and_grads(m, v, x))(variables) for m in (model, aligned))
+    close(loss, loss0, atol=2e-2, rtol=2e-2)
+    jaxpr = str(jax.make_jaxpr(lambda v: apply_train(aligned, v, x))(variables))
+    assert "bf16[4,33,33,16]" in jaxpr and "bf16[4,4,16,16]" in jaxpr
+    c = make_config()
+    c.model.stem_align_channels, c.model.stem_space_to_depth = True, False
+    with pytest.raises(ValueError, match="stem_align_channels=True needs model.stem_space_to_depth=True"):
+        config_lib.validate(c)
+
+
 @pytest.mark.parametrize("kw", [dict(depth=20, block="bottleneck"), dict(depth=14, unit="original")])
 def test_bn_recompute_output_keeps_no_bn_relu_output_and_changes_no_number(kw, capsys):
     """config.model.bn_recompute_output (the default): a BN-ReLU that feeds only the next conv runs

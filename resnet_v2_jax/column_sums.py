@@ -1,0 +1,104 @@
+"""BN's per-channel sums as one hand-written GPU kernel (Pallas on Triton): config.model.bn_pallas_sums.
+
+Why: in the H200's profile of ResNet-50 at batch 256 (2026-11-28, BENCHMARKS.md) XLA's reduction
+kernels for BN's sums ran at 0.6-3.5 TB/s (BN's forward statistics 2.15 TB/s overall, the backward's
+sums 2.95) where its elementwise passes reach 3.9-4.4: ~1.3 ms a step above 3.5 TB/s, mostly in the
+14x14 and 7x7 stages. XLA splits each column sum into ~sqrt(rows) row groups of a few hundred rows,
+each thread block summing a 32-column strip; this kernel instead gives each program a
+[rows, 128-column] slab, read as [br, bc] tiles of ~4096 values (16-byte vector loads) into two
+float32 accumulator tiles, summed once at the end. It writes one partial sum per program and
+channel; XLA adds the partials up (its second reduction kernel today, so the kernel count stays).
+
+`column_sums` takes the elementwise work to sum (`fn`) as a Python function of the loaded tiles, so
+BN's forward (x, x^2) and backward (the masked gradient and its product with x-hat) share it. Not
+timed on a GPU yet: bench/gpu_levers.sh times it beside XLA's sums. On a CPU (tests) it runs under
+Pallas's interpreter when "cpu" is in PLATFORMS; elsewhere `plan` returns None and BN keeps XLA's sums.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+# Platforms whose backend compiles the kernel (Triton: CUDA and ROCm GPUs). Tests add "cpu", where the
+# kernel runs under Pallas's interpreter: the same program, op by op.
+PLATFORMS = {"gpu"}
+TILE_VALUES = 4096  # values in one [br, bc] tile: 32 per thread of 4 warps, two float32 accumulators
+MAX_COLUMNS = 128  # bc: 256 bytes of bfloat16 per tile row
+TARGET_PROGRAMS = 528  # 4 per streaming multiprocessor of an H100/H200 (132)
+
+
+def _pow2_divisor(n: int) -> int:
+    return n & -n
+
+
+def plan(rows: int, channels: int, groups: int = 1) -> tuple[int, int, int] | None:
+    """(bc, br, iterations) for sums over `rows` rows (per group) of `channels` columns: programs read
+    [br * iterations, bc] slabs. None where the kernel does not fit: channels not a power of two
+    (Triton tiles are), or rows with no even factor."""
+    if channels < 1 or channels & (channels - 1) or rows < 2:
+        return None
+    bc = min(channels, MAX_COLUMNS)
+    br = min(TILE_VALUES // bc, _pow2_divisor(rows))
+    if br < 2:
+        return None
+    steps = rows // br
+    per_row_group = groups * (channels // bc)
+    # the iteration count dividing `steps` whose program count is nearest TARGET_PROGRAMS (in ratio)
+    divisors = [d for d in range(1, steps + 1) if steps % d == 0]
+    its = min(divisors, key=lambda d: abs(math.log(per_row_group * (steps // d) / TARGET_PROGRAMS)))
+    return bc, br, its
+
+
+def column_sums(fn: Callable, arrays: Sequence[jax.Array], vectors: jax.Array | None = None,
+                groups: int = 1, interpret: bool = False) -> tuple[jax.Array, jax.Array]:
+    """(sum a, sum b) over the rows of each group, float32 (groups, C), where (a, b) = fn(tiles, vecs)
+    elementwise: `tiles` the float32 [br, bc] tiles of `arrays` (each (groups * rows, C)), `vecs`
+    the rows of `vectors` ((k, groups, C): per-group, per-channel factors, BN's saved stack as it
+    is) as float32 [1, bc]. The caller checks `plan` first. The partials are added up in one
+    variadic reduction: one XLA kernel for both sums (two `.sum`s made two)."""
+    from jax.experimental import pallas as pl
+
+    total, c = arrays[0].shape
+    rows = total // groups
+    bc, br, its = plan(rows, c, groups)
+    slab = br * its
+    per_group = rows // slab
+    programs = groups * per_group
+    k = 0 if vectors is None else vectors.shape[0]
+
+    def kernel(*refs):
+        ins, vec_ref, (s_ref, ss_ref) = refs[:len(arrays)], refs[len(arrays)] if k else None, refs[-2:]
+        vecs = [vec_ref[j, :, :].astype(jnp.float32) for j in range(k)]
+
+        def body(i, acc):
+            tiles = [r[pl.ds(i * br, br), :].astype(jnp.float32) for r in ins]
+            a, b = fn(tiles, vecs)
+            return acc[0] + a, acc[1] + b
+
+        zero = jnp.zeros((br, bc), jnp.float32)
+        s, ss = jax.lax.fori_loop(0, its, body, (zero, zero))
+        s_ref[...] = jnp.sum(s, axis=0, keepdims=True)
+        ss_ref[...] = jnp.sum(ss, axis=0, keepdims=True)
+
+    in_specs = [pl.BlockSpec((slab, bc), lambda p, q: (p, q)) for _ in arrays]
+    operands = list(arrays)
+    if k:
+        in_specs.append(pl.BlockSpec((k, 1, bc), lambda p, q: (0, p // per_group, q)))
+        operands.append(vectors.astype(jnp.float32))
+    out = jax.ShapeDtypeStruct((programs, c), jnp.float32)
+    kwargs = {}
+    if not interpret:
+        from jax.experimental.pallas import triton as plgpu
+
+        kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=4, num_stages=3)
+    s, ss = pl.pallas_call(
+        kernel, grid=(programs, c // bc), in_specs=in_specs,
+        out_specs=[pl.BlockSpec((1, bc), lambda p, q: (p, q))] * 2, out_shape=[out, out],
+        interpret=interpret, name="bn_column_sums", **kwargs)(*operands)
+    zero = jnp.float32(0)
+    return jax.lax.reduce((s.reshape(groups, per_group, c), ss.reshape(groups, per_group, c)), (zero, zero),
+                          lambda a, b: (a[0] + b[0], a[1] + b[1]), (1,))
