@@ -22,6 +22,15 @@ CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; prin
 ours 200 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_pallas_sums=True --profile_steps=3 --profile_dir=$PROFILES" \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.stem_align_channels=True"
+# 0b. BN's sums alone, per ResNet-50 shape: XLA's reductions against the Pallas kernel and one other
+#     tile shape (bench/bn_sums_check.py: microseconds, TB/s, and the kernel's sums against XLA's),
+#     so that the kernel can be tuned from this run's numbers. The shapes XLA lost most on come first.
+t=$(budget 120)
+if [ "$t" -gt 0 ]; then
+  echo "+ bn_sums_check [at ${SECONDS} s]" | tee -a "$OUT/log.txt"
+  timeout "$t" python3 bench/bn_sums_check.py --deadline_s=$((t - 25)) >>"$OUT/bn_sums.jsonl" 2>>"$OUT/log.txt" \
+    || echo '{"failed": "bn_sums_check"}' >>"$OUT/bn_sums.jsonl"
+fi
 # 1. Update-free CUDA graphs (config.UPDATE_FREE_GRAPHS, in the CIFAR flags) must compute what the
 #    step computes without graphs. Their losses so far agreed within what two processes differ by
 #    anyway (0.06% for ResNet-110, 0.6% for ResNet-1001; each compile autotunes its own

@@ -29,6 +29,7 @@ PLATFORMS = {"gpu"}
 TILE_VALUES = 4096  # values in one [br, bc] tile: 32 per thread of 4 warps, two float32 accumulators
 MAX_COLUMNS = 128  # bc: 256 bytes of bfloat16 per tile row
 TARGET_PROGRAMS = 528  # 4 per streaming multiprocessor of an H100/H200 (132)
+NUM_WARPS = 4  # (bench/bn_sums_check.py times other tile sizes, warps and program counts)
 
 
 def _pow2_divisor(n: int) -> int:
@@ -94,7 +95,7 @@ def column_sums(fn: Callable, arrays: Sequence[jax.Array], vectors: jax.Array | 
     if not interpret:
         from jax.experimental.pallas import triton as plgpu
 
-        kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=4, num_stages=3)
+        kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=3)
     s, ss = pl.pallas_call(
         kernel, grid=(programs, c // bc), in_specs=in_specs,
         out_specs=[pl.BlockSpec((1, bc), lambda p, q: (p, q))] * 2, out_shape=[out, out],

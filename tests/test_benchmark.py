@@ -825,3 +825,25 @@ def test_runs_that_differ_in_how_the_step_compiles_share_one_compiled_init():
         np.testing.assert_array_equal(np.asarray(b), np.asarray(c))
     init(tiny(depth=14))
     assert len(benchmark._INITS) == 2
+
+
+def test_bn_sums_check_times_xla_and_the_pallas_kernel_and_checks_their_sums(capsys):
+    """bench/bn_sums_check.py, the GPU timing of BN's sums alone (model.bn_pallas_sums): on this CPU
+    (the kernel under Pallas's interpreter) one line per (pass, implementation), the kernel's sums
+    equal to XLA's to float32 rounding, and a shape with no plan said as such."""
+    from resnet_v2_jax import column_sums
+
+    check = _bench_module("bn_sums_check")
+    platforms = column_sums.PLATFORMS
+    try:
+        assert check.main(["--batch=2", "--reps=2", "--shapes=7x64,7x48", "--variants=default,tile8k_w8"]) == 0
+    finally:
+        column_sums.PLATFORMS = platforms
+    lines = json_lines(capsys.readouterr().out)
+    assert [(r["shape"], r["pass"], r["impl"]) for r in lines] == [
+        (s, p, i) for s in ("2x7x64", "2x7x48") for p in ("forward", "backward")
+        for i in ("xla", "pallas:default", "pallas:tile8k_w8")]
+    kernel = [r for r in lines if r["impl"] != "xla" and r["channels"] == 64]
+    assert len(kernel) == 4 and all(r["max_rel_diff"] < 1e-5 and r["us"] >= 0 for r in kernel), kernel
+    assert all(r["error"] == "no plan" for r in lines if r["impl"] != "xla" and r["channels"] == 48)
+    assert column_sums.TILE_VALUES == 4096 and column_sums.NUM_WARPS == 4  # the variants were put back

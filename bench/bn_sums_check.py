@@ -1,0 +1,144 @@
+"""BN's sums alone on a GPU: XLA's reductions against column_sums' Pallas kernel (model.bn_pallas_sums),
+per ResNet-50 shape, in microseconds and TB/s, forward (x, x^2) and backward (the masked gradient
+and its product with x-hat, from x and gy), with a few kernel shapes (tile values, warps, programs).
+
+Why: the whole-step line says whether the lever pays; this says where, and which tile shape, in
+~1 minute of device time, so that the kernel can be tuned without another profile. Each sum runs
+`--reps` times inside one jit-compiled loop whose input changes one element per iteration (so XLA
+cannot hoist the sum out of the loop); time per sum = (time(reps + 1) - time(1)) / reps, so the
+host's dispatch is not in it. One JSON line per (shape, pass, implementation); the kernel's lines
+carry `max_rel_diff`, its sums against XLA's (relative to the largest; float32 rounding is ~1e-6).
+
+    python bench/bn_sums_check.py [--batch=256] [--reps=50] [--variants=default,tile8k_w8] [--deadline_s=S]
+
+On a CPU (plumbing only: the kernel under Pallas's interpreter), e.g. `--batch=2 --reps=2 --shapes=7x64`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# (spatial size, channels) of ResNet-50's BN inputs, every stage, in the order of the time XLA's
+# reductions of that shape lost against 4 TB/s in the 2026-11-28 profile (the deadline cuts the tail)
+SHAPES = ["14x1024", "14x256", "28x512", "56x256", "28x128", "7x2048", "7x512", "56x64", "28x256",
+          "56x128", "14x512", "7x1024"]
+# column_sums constants per variant: (TILE_VALUES, NUM_WARPS, TARGET_PROGRAMS)
+VARIANTS = {"default": None, "tile8k_w8": (8192, 8, 528), "tile2k_w4": (2048, 4, 528),
+            "programs1k": (4096, 4, 1056), "programs264": (4096, 4, 264)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--shapes", default=",".join(SHAPES))
+    p.add_argument("--variants", default="default,tile8k_w8")
+    p.add_argument("--deadline_s", type=float, default=1e9, help="stop starting shapes after this many seconds")
+    args = p.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+
+    from resnet_v2_jax import column_sums, layers
+
+    gpu = jax.default_backend() == "gpu"
+    if not gpu:
+        column_sums.PLATFORMS = column_sums.PLATFORMS | {jax.default_backend()}
+    defaults = (column_sums.TILE_VALUES, column_sums.NUM_WARPS, column_sums.TARGET_PROGRAMS)
+    dtype = jnp.bfloat16
+    start = time.perf_counter()
+
+    def forward_xla(x, v):
+        xf = x.astype(jnp.float32)
+        return layers._group_sums(xf, xf * xf, (0,))
+
+    def masked_tiles(t, v):  # layers._bn_train_bwd's, relu=True
+        y = layers._scale_shift(t[0], v[2], v[3], dtype)
+        g = jnp.where(y.astype(jnp.float32) > 0, t[1], 0.0)
+        return g, g * ((t[0] - v[0]) * v[1])
+
+    def backward_xla(x, gy, v):
+        mean, rstd, mul, add = v[:, 0]
+        g = jnp.where(layers._scale_shift(x, mul, add, dtype) > 0, gy.astype(jnp.float32), 0.0)
+        return layers._group_sums(g, g * ((x.astype(jnp.float32) - mean) * rstd), (0,))
+
+    def timed(fn, arrays, reps):
+        """Seconds per call of fn(*arrays), its input changed one element per iteration (one compile:
+        the trip count is an argument)."""
+        def loop(n, *arrays):
+            def body(i, carry):
+                a, acc = carry
+                a = [a[0].at[0, 0].set(i.astype(a[0].dtype))] + list(a[1:])
+                s, ss = fn(*a)
+                return a, acc + s.sum() + ss.sum()
+            return jax.lax.fori_loop(0, n, body, (list(arrays), jnp.float32(0)))[1]
+
+        run = jax.jit(loop)
+        times = {}
+        for n in (1, reps + 1):
+            jax.block_until_ready(run(jnp.int32(n), *arrays))  # compile (once), warm
+            t0 = time.perf_counter()
+            jax.block_until_ready(run(jnp.int32(n), *arrays))
+            times[n] = time.perf_counter() - t0
+        return max(times[reps + 1] - times[1], 0.0) / reps
+
+    key = jax.random.key(0)
+    for shape in args.shapes.split(","):
+        if time.perf_counter() - start > args.deadline_s:
+            print(json.dumps({"skipped": shape, "reason": "deadline"}), flush=True)
+            continue
+        size, c = map(int, shape.split("x"))
+        rows = args.batch * size * size
+        k1, k2, k3 = jax.random.split(jax.random.fold_in(key, rows * c), 3)
+        x = jax.random.normal(k1, (rows, c), dtype)
+        gy = jax.random.normal(k2, (rows, c), dtype)
+        v = jnp.stack([jnp.zeros(c), jnp.ones(c), jnp.ones(c), 0.1 * jax.random.normal(k3, (c,))])[:, None]
+        for name, fn, arrays, nbytes in (("forward", forward_xla, (x, v), rows * c * 2),
+                                         ("backward", backward_xla, (x, gy, v), 2 * rows * c * 2)):
+            rows_out = []
+            want = jax.jit(fn)(*arrays)
+            impls = [("xla", fn)]
+            for variant in args.variants.split(","):
+                def pallas(*a, name=name):
+                    if name == "forward":
+                        return column_sums.column_sums(lambda t, _: (t[0], t[0] * t[0]), [a[0]], None, 1,
+                                                       interpret=not gpu)
+                    return column_sums.column_sums(masked_tiles, [a[0], a[1]], a[2], 1, interpret=not gpu)
+                impls.append((f"pallas:{variant}", pallas))
+            for impl, f in impls:
+                variant = impl.split(":")[1] if ":" in impl else None
+                consts = VARIANTS.get(variant) or defaults
+                column_sums.TILE_VALUES, column_sums.NUM_WARPS, column_sums.TARGET_PROGRAMS = consts
+                row = {"shape": f"{args.batch}x{shape}", "rows": rows, "channels": c, "pass": name, "impl": impl}
+                if impl != "xla":
+                    plan = column_sums.plan(rows, c)
+                    row["plan"] = plan
+                    if plan is None:
+                        rows_out.append(row | {"error": "no plan"})
+                        continue
+                try:
+                    if impl != "xla":  # the sums themselves, against XLA's (float32 rounding: ~1e-6)
+                        got = jax.jit(f)(*arrays)
+                        row["max_rel_diff"] = max(
+                            float(jnp.max(jnp.abs(g.ravel() - w.ravel())) / (jnp.max(jnp.abs(w)) + 1e-30))
+                            for g, w in zip(got, want))
+                    s = timed(f, arrays, args.reps)
+                    row |= {"us": round(s * 1e6, 2), "tbps": round(nbytes / s / 1e12, 3) if s else None}
+                except Exception as e:  # noqa: BLE001 - one failing variant must not cost the others
+                    row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                rows_out.append(row)
+            column_sums.TILE_VALUES, column_sums.NUM_WARPS, column_sums.TARGET_PROGRAMS = defaults
+            for row in rows_out:
+                print(json.dumps(row | {"device": jax.devices()[0].device_kind, "jax": jax.__version__}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
