@@ -68,6 +68,8 @@ def load(paths) -> tuple[list[dict], list[dict], list[dict]]:
                 impl += " +stem space-to-depth"
             if r.get("stem_align_channels"):
                 impl += " (16 channels)"
+            if r.get("auto_param_layouts"):
+                impl += " +XLA's param layouts"
             if r.get("bn_recompute_output"):
                 impl += " +BN output recomputed"
             if r.get("scan_unit_reads"):

@@ -339,7 +339,8 @@ def main(argv):
                                                                   "stem_space_to_depth",
                                                                   "stem_align_channels", "bn_recompute_output",
                                                                   "scan_unit_reads", "conv1x1_fusion")
-                                         if config.model.get(k)],
+                                         if config.model.get(k)]
+        + (["auto_param_layouts"] if config.get("auto_param_layouts") and not f.baseline else []),
         "target": topology.devices[0].device_kind, "jax_version": jax.__version__,
         "xla_flags": xla_flags, "compile_s": round(compile_s, 1),
         "compiled_peak_bytes": benchmark.compiled_peak_bytes(compiled), **count_launches(text),

@@ -18,10 +18,13 @@ CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; prin
 #    column_sums.py's Triton kernel; XLA's reductions ran them at 0.6-3.5 TB/s) profiled, so that
 #    the profile's `bn_column_sums` kernels can be set against XLA's reductions, and
 #    model.stem_align_channels (the blocked stem's 12 channels padded to 16, where cuDNN padded them
-#    itself in four kernels, 0.25 ms, and ran one sm80 CUTLASS convolution, 0.44 ms).
-ours 200 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
+#    itself in four kernels, 0.25 ms, and ran one sm80 CUTLASS convolution, 0.44 ms), and
+#    config.auto_param_layouts (the state's conv kernels in layouts XLA picks, where it transposed them
+#    into cuDNN's every step: 85 kernels, 0.76 ms; counted without a GPU, 950 -> 856 launches).
+ours 250 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_pallas_sums=True --profile_steps=3 --profile_dir=$PROFILES" \
-  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.stem_align_channels=True"
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.stem_align_channels=True" \
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.auto_param_layouts=True"
 # 0b. BN's sums alone, per ResNet-50 shape: XLA's reductions against the Pallas kernel and one other
 #     tile shape (bench/bn_sums_check.py: microseconds, TB/s, and the kernel's sums against XLA's),
 #     so that the kernel can be tuned from this run's numbers. The shapes XLA lost most on come first.

@@ -71,7 +71,7 @@ from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import step as step_lib
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "distinct_batches", "dtype", "scan", "scan_unroll", "remat",
-        "remat_policy", "bn_recompute_mask", "bn_partial_sums", "bn_pallas_sums", "stem_space_to_depth", "stem_align_channels", "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion", "bn_group", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
+        "remat_policy", "bn_recompute_mask", "bn_partial_sums", "bn_pallas_sums", "stem_space_to_depth", "stem_align_channels", "auto_param_layouts", "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion", "bn_group", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
         "step_ms_min", "step_ms_max", "dispatch_ms", "setup_s", "images_per_second", "loop_ms", "loop_images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
@@ -107,10 +107,13 @@ def load_plain_flax():
 class Runner:
     """One compiled step and its state: `compile_s` at construction, then `step()` per blocked call."""
 
-    def __init__(self, fn, state, batches: list, donates: bool = True, extra=()):
+    def __init__(self, fn, state, batches: list, donates: bool = True, extra=(), auto_layouts: bool = False):
         self.state, self.batches, self.donates, self.extra = state, batches, donates, extra
         t0 = time.perf_counter()
-        self.compiled = fn.lower(state, batches[0], *extra).compile()
+        if auto_layouts:  # the state copied into the layouts XLA picked (config.auto_param_layouts)
+            self.compiled, self.state = step_lib.compile_train(fn, state, batches[0], *extra)
+        else:
+            self.compiled = fn.lower(state, batches[0], *extra).compile()
         self.compile_s = time.perf_counter() - t0
         self.compiled_peak_bytes = compiled_peak_bytes(self.compiled)
         self.metrics = None
@@ -227,7 +230,7 @@ def lower_step(config, mesh, *, baseline: bool = False, seed: int = 0):
     else:
         batch = {"image": shaped((config.batch_size,) + image_shape, jnp.uint8 if pixels else jnp.float32, data),
                  "label": labels}
-    return step_lib.compile_steps(task, mesh)[0].lower(state, batch, train_images)
+    return step_lib.compile_steps(task, mesh, bool(config.auto_param_layouts))[0].lower(state, batch, train_images)
 
 
 def distinct_batches(batch: dict, n: int) -> list[dict]:
@@ -276,6 +279,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
     image_shape = (config.image_size, config.image_size, 3)
     analysis = summary.analyse(config)
     mesh = step_lib.make_mesh()
+    auto_layouts = bool(config.auto_param_layouts) and not baseline and not eval_mode
     if baseline:
         plain = load_plain_flax()
         state, train_fn, eval_fn = plain.make(config, image_shape, seed)
@@ -291,7 +295,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         task = step_lib.make_task(config, image_shape, norm, device_augment, colour)
         state = _init_state(task, config, seed, mesh)
         batch = step_lib.synthetic_batch(task, mesh, batch_size, seed, jnp.uint8 if pixels else jnp.float32)
-        train_fn, eval_fn = step_lib.compile_steps(task, mesh)
+        train_fn, eval_fn = step_lib.compile_steps(task, mesh, auto_layouts=auto_layouts)
         train_images = None  # train_step's on-device train set: none when the batch holds images
         if rows:
             # Made on the host: threefry for 150 M values took 4.9 s on 2 idle CPU cores, numpy 0.5 s.
@@ -305,7 +309,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         params = analysis["params"]
         extra = () if eval_mode else (train_images,)
     runner = Runner(eval_fn if eval_mode else train_fn, state, distinct_batches(batch, batches),
-                    donates=not eval_mode, extra=extra)
+                    donates=not eval_mode, extra=extra, auto_layouts=auto_layouts)
     desc = {
         "impl": "plain_flax" if baseline else "ours",
         "mode": "eval" if eval_mode else "train",
@@ -328,6 +332,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "stem_space_to_depth": bool(config.model.stem_space_to_depth) and not baseline,
         "stem_align_channels": bool(config.model.stem_space_to_depth and config.model.stem_align_channels)
         and not baseline,
+        "auto_param_layouts": auto_layouts,
         "bn_recompute_output": bool(config.model.bn_recompute_output) and not baseline,
         # what the compile got, not what was asked: off on a CPU, or where this JAX's scan is another
         "scan_unit_reads": scan_reads.in_effect() and bool(config.model.scan) and not baseline,

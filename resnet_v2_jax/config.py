@@ -188,6 +188,13 @@ def default() -> ml_collections.ConfigDict:
     c.weight_decay = 1e-4
     c.decay_bn_and_bias = True  # official code: decay coupled into the gradient on all params
 
+    # The state's conv kernels (and their momentum) in layouts XLA picks for the train step, where
+    # it otherwise transposes them into cuDNN's layout every step (step.compile_steps). Counted for
+    # an H200 without one (2026-11-28): ResNet-50 950 -> 856 launches, 112 -> 33 transposes; its
+    # profile gave those transposes 0.76 ms of 30.9. Not yet timed on a GPU (bench/gpu_levers.sh);
+    # training with it saves checkpoints from those layouts, not yet run on a GPU. Off until then.
+    c.auto_param_layouts = False
+
     c.seed = 0
     c.log_every_steps = 100
     c.eval_every_steps = 4000

@@ -254,13 +254,35 @@ def eval_step(task: Task, state: TrainState, batch):
     }
 
 
-def compile_steps(task: Task, mesh: Mesh):
-    """(train_step, eval_step) jitted over the mesh; train donates the state."""
+def compile_steps(task: Task, mesh: Mesh, auto_layouts: bool = False):
+    """(train_step, eval_step) jitted over the mesh; train donates the state.
+
+    `auto_layouts` (config.auto_param_layouts): the state's leaves of 4 and more dimensions (conv
+    kernels, stacked or not, and their momentum) in layouts XLA chooses, the same in and out; call
+    the train step through `compile_train`, which puts the state in them. Why: on a GPU XLA
+    otherwise transposes every conv kernel into cuDNN's layout each step (ResNet-50 on an H200,
+    2026-11-28 profile: 85 cast-and-transpose kernels, 0.76 ms at 1.3 TB/s); counted for an H200
+    without one (bench/param_layouts_check.py): 950 -> 856 launches, 112 -> 33 transposes. A CPU's
+    XLA keeps them row-major. The eval step takes whatever layout its arguments have."""
     rep, data = replicated(mesh), batch_sharding(mesh)
-    train = jax.jit(functools.partial(train_step, task), in_shardings=(rep, data, rep),
-                    out_shardings=(rep, rep), donate_argnums=0)
+    state_spec = rep
+    if auto_layouts:
+        from jax.experimental.layout import Format, Layout
+
+        state_spec = jax.tree.map(lambda a: Format(Layout.AUTO, rep) if a.ndim >= 4 else rep, abstract_state(task))
+    train = jax.jit(functools.partial(train_step, task), in_shardings=(state_spec, data, rep),
+                    out_shardings=(state_spec, rep), donate_argnums=0)
     evaluate = jax.jit(functools.partial(eval_step, task), in_shardings=(rep, data), out_shardings=rep)
     return train, evaluate
+
+
+def compile_train(train_fn, state, batch, train_images):
+    """(compiled train step, state in the layouts it takes) for these arguments' shapes and shardings.
+    A train step of `compile_steps(auto_layouts=True)` is only called this way: XLA picks its state
+    layouts when it compiles, from shapes (not arrays), and the state is then copied into them."""
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)
+    compiled = train_fn.lower(shapes, batch, train_images).compile()
+    return compiled, jax.device_put(state, compiled.input_formats[0][0])
 
 
 def synthetic_batch(task: Task, mesh: Mesh, batch_size: int, seed: int = 0, dtype=jnp.float32):

@@ -212,7 +212,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         logging.info("starting from scratch")
     elif is_lead:
         print(f"resumed from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
-    train_fn, eval_fn = step_lib.compile_steps(task, mesh)
+    train_fn, eval_fn = step_lib.compile_steps(task, mesh, auto_layouts=bool(config.auto_param_layouts))
+    compiled = not config.auto_param_layouts  # else compile_train at the first batch (it needs its shapes)
     train_images = None
     if data is not None and data.train_arrays is not None:
         train_images = jax.device_put(data.train_arrays["image"], rep)
@@ -242,6 +243,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             t0 = time.perf_counter()
             batch = synthetic if data is None else _global(next(batches), sharding)
             input_seconds += time.perf_counter() - t0
+            if not compiled:
+                train_fn, state = step_lib.compile_train(train_fn, state, batch, train_images)
+                compiled = True
             state, metrics = train_fn(state, batch, train_images)
             pending.append(metrics)
             step += 1
@@ -263,6 +267,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
                                         "(rollback %d of 3)", msg, rollbacks)
                         state = state.replace(step=jnp.asarray(nan_step + 1, jnp.int32),
                                               nan_step=jnp.asarray(-1, jnp.int32))
+                        if config.auto_param_layouts:  # a compiled step takes exactly its formats
+                            state = jax.device_put(state, train_fn.input_formats[0][0])
                         step, pending = nan_step + 1, []  # the bad steps' metrics are dropped too
                         batches = iter(()) if data is None else data.train_batches(step)
                         continue

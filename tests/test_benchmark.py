@@ -847,3 +847,15 @@ def test_bn_sums_check_times_xla_and_the_pallas_kernel_and_checks_their_sums(cap
     assert len(kernel) == 4 and all(r["max_rel_diff"] < 1e-5 and r["us"] >= 0 for r in kernel), kernel
     assert all(r["error"] == "no plan" for r in lines if r["impl"] != "xla" and r["channels"] == 48)
     assert column_sums.TILE_VALUES == 4096 and column_sums.NUM_WARPS == 4  # the variants were put back
+
+
+def test_auto_param_layouts_runs_the_step_through_compile_train_with_the_same_loss():
+    """config.auto_param_layouts: the benchmark compiles the step with XLA-chosen state layouts and
+    puts the state into them (step.compile_train); on a CPU XLA keeps them row-major, so the same
+    loss as the plain step in the same process, and the line says which ran."""
+    also = " ".join(TINY) + " --config.auto_param_layouts=True"
+    p = run_cli(*TINY, f"--also={also}")
+    assert p.returncode == 0, p.stderr
+    r, second = json_lines(p.stdout)
+    assert (r["auto_param_layouts"], second["auto_param_layouts"]) == (False, True)
+    assert second["loss"] == r["loss"] and second["images_per_second"] > 0

@@ -241,8 +241,11 @@ def test_nan_stops_naming_the_step_and_keeps_the_last_good_checkpoint(digits_dat
 
 
 def test_nan_rollback_gives_up_after_three(digits_data_dir, tmp_path):
+    """Also under config.auto_param_layouts: each rollback puts the replaced state back into the
+    compiled step's layouts (a compiled step refuses others)."""
     workdir = tmp_path / "work"  # lr grows to 1e40 during warm-up: every step from the second is bad
-    r = run(digits_data_dir, workdir, "--config.learning_rate=1e40", "--config.nan_policy=rollback")
+    r = run(digits_data_dir, workdir, "--config.learning_rate=1e40", "--config.nan_policy=rollback",
+            "--config.auto_param_layouts=True")
     assert r.returncode == 1, r.stderr[-3000:]
     assert r.stderr.count("rollback") >= 3 and "(after 3 rollbacks)" in r.stderr, r.stderr[-3000:]
     assert json.loads((workdir / "results.json").read_text())["status"] == "nan"
@@ -272,8 +275,8 @@ def _wrap_train_step(monkeypatch, before_call):
 
     compile_steps = step_lib.compile_steps
 
-    def wrapped(task, mesh):
-        (fn, eval_fn), calls = compile_steps(task, mesh), [0]
+    def wrapped(task, mesh, **kw):
+        (fn, eval_fn), calls = compile_steps(task, mesh, **kw), [0]
 
         def step(state, batch, images):
             calls[0] += 1

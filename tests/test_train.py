@@ -459,11 +459,15 @@ def tiny_config(data_dir, **overrides):
 
 
 def test_interrupt_and_resume_equals_uninterrupted(tmp_path, digits_dir):
+    """The interrupted run also trains with config.auto_param_layouts (its steps compiled through
+    step.compile_train, its checkpoints saved from and restored into the step's layouts; on a CPU
+    XLA keeps them row-major): the same numbers as the straight run without it."""
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=6), straight)
-    train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=3), resumed)  # checkpoint at 3
+    auto = {"auto_param_layouts": True}
+    train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=3, **auto), resumed)  # checkpoint at 3
     assert os.listdir(os.path.join(resumed, "checkpoints")) == ["3"]
-    results = train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=6), resumed)
+    results = train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=6, **auto), resumed)
     assert results["steps"] == 6
     a, b = read_metrics(straight), read_metrics(resumed)
     assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]  # resumed at 4, not restarted from 1
