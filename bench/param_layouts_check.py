@@ -24,13 +24,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 
 def main() -> None:
+    import gpu_launches
     import jax
     import jax.numpy as jnp
     import numpy as np
     from jax.experimental import topologies
     from jax.experimental.layout import Format, Layout
 
-    import gpu_launches
     from resnet_v2_jax import augment, benchmark, layers
     from resnet_v2_jax import step as step_lib
 
