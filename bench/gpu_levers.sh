@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The second GPU call, after bench/gpu_compare.sh: what the run of 2026-11-28 (bench/gpu_2026-11-28/)
-# left open, most telling first (ResNet-50, the one goal not met). Same set-up and carry:
-#   run(command="DEADLINE_S=360 bash bench/gpu_levers.sh", carry=[".whl", ".bench"], timeout_s=390)
+# What the run of 2026-11-28 (bench/gpu_2026-11-28/) left open, most telling first (ResNet-50, the one
+# goal not met). Since session 19 the FIRST call of a GPU session (its ResNet-50 process and BN's
+# sums alone take ~410 s); gpu_compare.sh after it, with what is left, and with any lever that paid
+# made the default first. Same set-up and carry as gpu_compare.sh:
+#   run(command="DEADLINE_S=420 bash bench/gpu_levers.sh", carry=[".whl", ".bench"], timeout_s=450)
 # (bench/gpu_2026-11-28/levers/ ran the version committed in 73f9508; bench/gpu_2026-11-27c/levers/
 # the one in 65c9731, whose other levers, scan_unroll 5/20 and ResNet-1001's kernels traced without
 # graphs, are in that version.)
@@ -21,10 +23,12 @@ CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; prin
 #    itself in four kernels, 0.25 ms, and ran one sm80 CUTLASS convolution, 0.44 ms), and
 #    config.auto_param_layouts (the state's conv kernels in layouts XLA picks, where it transposed them
 #    into cuDNN's every step: 85 kernels, 0.76 ms; counted without a GPU, 950 -> 856 launches).
-ours 250 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
+#    Last, all three together (counted without a GPU: 906 launches, 78.9 GB; as configured 950, 85.8 GB).
+ours 290 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_pallas_sums=True --profile_steps=3 --profile_dir=$PROFILES" \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.stem_align_channels=True" \
-  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.auto_param_layouts=True"
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.auto_param_layouts=True" \
+  "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.auto_param_layouts=True --config.model.bn_pallas_sums=True --config.model.stem_align_channels=True"
 # 0b. BN's sums alone, per ResNet-50 shape: XLA's reductions against the Pallas kernel and one other
 #     tile shape (bench/bn_sums_check.py: microseconds, TB/s, and the kernel's sums against XLA's),
 #     so that the kernel can be tuned from this run's numbers. The shapes XLA lost most on come first.
