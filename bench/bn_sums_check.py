@@ -108,9 +108,9 @@ def main(argv=None) -> int:
             for variant in args.variants.split(","):
                 def pallas(*a, name=name):
                     if name == "forward":
-                        return column_sums.column_sums(lambda t, _: (t[0], t[0] * t[0]), [a[0]], None, 1,
+                        return column_sums.column_sums(lambda t, _: (t[0], t[0] * t[0]), [a[0]], (), 1,
                                                        interpret=not gpu)
-                    return column_sums.column_sums(masked_tiles, [a[0], a[1]], a[2], 1, interpret=not gpu)
+                    return column_sums.column_sums(masked_tiles, [a[0], a[1]], list(a[2]), 1, interpret=not gpu)
                 impls.append((f"pallas:{variant}", pallas))
             for impl, f in impls:
                 variant = impl.split(":")[1] if ":" in impl else None

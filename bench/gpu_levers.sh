@@ -23,7 +23,7 @@ CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; prin
 #    itself in four kernels, 0.25 ms, and ran one sm80 CUTLASS convolution, 0.44 ms), and
 #    config.auto_param_layouts (the state's conv kernels in layouts XLA picks, where it transposed them
 #    into cuDNN's every step: 85 kernels, 0.76 ms; counted without a GPU, 950 -> 856 launches).
-#    Last, all three together (counted without a GPU: 906 launches, 78.9 GB; as configured 950, 85.8 GB).
+#    Last, all three together (counted without a GPU: 857 launches, 78.9 GB; as configured 950, 85.8 GB).
 ours 290 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.bn_pallas_sums=True --profile_steps=3 --profile_dir=$PROFILES" \
   "--also=--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=20 --warmup=3 --config.model.stem_align_channels=True" \

@@ -54,13 +54,15 @@ def plan(rows: int, channels: int, groups: int = 1) -> tuple[int, int, int] | No
     return bc, br, its
 
 
-def column_sums(fn: Callable, arrays: Sequence[jax.Array], vectors: jax.Array | None = None,
+def column_sums(fn: Callable, arrays: Sequence[jax.Array], vectors: Sequence[jax.Array] = (),
                 groups: int = 1, interpret: bool = False) -> tuple[jax.Array, jax.Array]:
     """(sum a, sum b) over the rows of each group, float32 (groups, C), where (a, b) = fn(tiles, vecs)
     elementwise: `tiles` the float32 [br, bc] tiles of `arrays` (each (groups * rows, C)), `vecs`
-    the rows of `vectors` ((k, groups, C): per-group, per-channel factors, BN's saved stack as it
-    is) as float32 [1, bc]. The caller checks `plan` first. The partials are added up in one
-    variadic reduction: one XLA kernel for both sums (two `.sum`s made two)."""
+    the `vectors` (each (groups, C): per-group, per-channel factors) as float32 [1, bc]. The caller
+    checks `plan` first. The partials are added up in one variadic reduction: one XLA kernel for
+    both sums (two `.sum`s made two). The vectors are separate operands: stacked into one, XLA
+    would write the stack in a kernel of its own (49 more launches a ResNet-50 step, counted for
+    an H200), where it otherwise fuses each vector into the kernel that computes it."""
     from jax.experimental import pallas as pl
 
     total, c = arrays[0].shape
@@ -69,11 +71,11 @@ def column_sums(fn: Callable, arrays: Sequence[jax.Array], vectors: jax.Array | 
     slab = br * its
     per_group = rows // slab
     programs = groups * per_group
-    k = 0 if vectors is None else vectors.shape[0]
+    n = len(arrays)
 
     def kernel(*refs):
-        ins, vec_ref, (s_ref, ss_ref) = refs[:len(arrays)], refs[len(arrays)] if k else None, refs[-2:]
-        vecs = [vec_ref[j, :, :].astype(jnp.float32) for j in range(k)]
+        ins, vec_refs, (s_ref, ss_ref) = refs[:n], refs[n:-2], refs[-2:]
+        vecs = [r[...].astype(jnp.float32) for r in vec_refs]
 
         def body(i, acc):
             tiles = [r[pl.ds(i * br, br), :].astype(jnp.float32) for r in ins]
@@ -86,10 +88,8 @@ def column_sums(fn: Callable, arrays: Sequence[jax.Array], vectors: jax.Array | 
         ss_ref[...] = jnp.sum(ss, axis=0, keepdims=True)
 
     in_specs = [pl.BlockSpec((slab, bc), lambda p, q: (p, q)) for _ in arrays]
-    operands = list(arrays)
-    if k:
-        in_specs.append(pl.BlockSpec((k, 1, bc), lambda p, q: (0, p // per_group, q)))
-        operands.append(vectors.astype(jnp.float32))
+    in_specs += [pl.BlockSpec((1, bc), lambda p, q: (p // per_group, q)) for _ in vectors]
+    operands = list(arrays) + [v.astype(jnp.float32) for v in vectors]
     out = jax.ShapeDtypeStruct((programs, c), jnp.float32)
     kwargs = {}
     if not interpret:

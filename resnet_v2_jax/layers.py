@@ -185,10 +185,10 @@ def pallas_sums_available() -> bool:
     return _platform() in column_sums.PLATFORMS
 
 
-def _pallas_sums(fn, x, arrays, vectors=None):
+def _pallas_sums(fn, x, arrays, vectors=()):
     """`column_sums.column_sums` over grouped x's rows, kept dims as `_group_sums` returns them."""
     g, c = x.shape[0], x.shape[-1]
-    sa, sb = column_sums.column_sums(fn, [a.reshape(-1, c) for a in arrays], vectors, g,
+    sa, sb = column_sums.column_sums(fn, [a.reshape(-1, c) for a in arrays], [v.reshape(g, c) for v in vectors], g,
                                      interpret=_platform() != "gpu")
     keep = (g,) + (1,) * (x.ndim - 2) + (c,)
     return sa.reshape(keep), sb.reshape(keep)
@@ -261,8 +261,7 @@ def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, sums, res, cotangents):
     Its sums are XLA's unless `sums` is "pallas": split like the forward's "partials", they made XLA
     store the float32 products (counted for an H200: 109 more full-size kernels for ResNet-110)."""
     del epsilon, recompute_mask
-    x, stats = res
-    mean, rstd, mul, add = stats
+    x, (mean, rstd, mul, add) = res
     gy, gmean, gvar = cotangents
     axes = tuple(range(1, x.ndim - 1))
     count = math.prod(x.shape[a] for a in axes)
@@ -272,12 +271,12 @@ def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, sums, res, cotangents):
     centred = x.astype(jnp.float32) - mean
     xhat = centred * rstd
     if sums == "pallas" and _pallas_plan(x):
-        def masked(t, v):  # the lines above on [br, bc] tiles of (x, gy); v: the rows of `stats`
+        def masked(t, v):  # the lines above on [br, bc] tiles of (x, gy); v: (mean, rstd, mul, add)
             y = _scale_shift(t[0], v[2], v[3], dtype)  # the same arithmetic as the forward's in `dtype`
             g = jnp.where(y.astype(jnp.float32) > 0, t[1], 0.0) if relu else t[1]
             return g, g * ((t[0] - v[0]) * v[1])
 
-        sum_gz, sum_gz_xhat = _pallas_sums(masked, x, [x, gy], stats.reshape(4, x.shape[0], x.shape[-1]))
+        sum_gz, sum_gz_xhat = _pallas_sums(masked, x, [x, gy], [mean, rstd, mul, add])
     else:
         sum_gz, sum_gz_xhat = _group_sums(gz, gz * xhat, axes)
     dx = (mul / count) * (count * gz - sum_gz - xhat * sum_gz_xhat)
