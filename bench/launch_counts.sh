@@ -30,6 +30,8 @@ count --config=experiments/imagenet_resnet50.py --config.batch_size=256 --config
 count --config=experiments/imagenet_resnet50.py --config.batch_size=256 --config.model.bn_pallas_sums=True  # Triton kernels
 count --config=experiments/imagenet_resnet50.py --config.batch_size=256 --config.model.stem_align_channels=True
 count --config=experiments/imagenet_resnet50.py --config.batch_size=256 --config.auto_param_layouts=True
+count --config=experiments/imagenet_resnet50.py --config.batch_size=256 --config.auto_param_layouts=True \
+  --config.model.bn_pallas_sums=True --config.model.stem_align_channels=True  # the three session-19 levers
 for f in cifar10_resnet110 cifar10_resnet164; do  # BN partial sums (model.bn_partial_sums)
   count --config=experiments/$f.py --config.batch_size=128 --config.model.bn_partial_sums=True
 done
