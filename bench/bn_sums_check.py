@@ -60,14 +60,12 @@ def main(argv=None) -> int:
         return layers._group_sums(xf, xf * xf, (0,))
 
     def masked_tiles(t, v):  # layers._bn_train_bwd's, relu=True
-        y = layers._scale_shift(t[0], v[2], v[3], dtype)
-        g = jnp.where(y.astype(jnp.float32) > 0, t[1], 0.0)
-        return g, g * ((t[0] - v[0]) * v[1])
+        g, _, xhat = layers._bn_grad_terms(t[0], t[1], *v, True, dtype)
+        return g, g * xhat
 
     def backward_xla(x, gy, v):
-        mean, rstd, mul, add = v[:, 0]
-        g = jnp.where(layers._scale_shift(x, mul, add, dtype) > 0, gy.astype(jnp.float32), 0.0)
-        return layers._group_sums(g, g * ((x.astype(jnp.float32) - mean) * rstd), (0,))
+        g, _, xhat = layers._bn_grad_terms(x, gy, *v[:, 0], True, dtype)
+        return layers._group_sums(g, g * xhat, (0,))
 
     def timed(fn, arrays, reps):
         """Seconds per call of fn(*arrays), its input changed one element per iteration (one compile:

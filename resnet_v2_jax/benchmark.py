@@ -331,7 +331,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "bn_pallas_sums": bool(config.model.bn_pallas_sums) and layers.pallas_sums_available() and not baseline,
         "stem_space_to_depth": bool(config.model.stem_space_to_depth) and not baseline,
         "stem_align_channels": bool(config.model.stem_space_to_depth and config.model.stem_align_channels)
-        and not baseline,
+        and config.model.family == "imagenet" and not baseline,  # a CIFAR network has no stem to align
         "auto_param_layouts": auto_layouts,
         "bn_recompute_output": bool(config.model.bn_recompute_output) and not baseline,
         # what the compile got, not what was asked: off on a CPU, or where this JAX's scan is another

@@ -175,7 +175,7 @@ def _partial_sums(a, b, axes):
 def _pallas_plan(x):
     """`column_sums.plan` for grouped x (G, g, ..., C) where the traced platform compiles the kernel;
     else None (XLA's sums)."""
-    if _platform() not in column_sums.PLATFORMS:
+    if not pallas_sums_available():
         return None
     return column_sums.plan(math.prod(x.shape[1:-1]), x.shape[-1], x.shape[0])
 
@@ -200,15 +200,12 @@ def _scale_shift(x, mul, add, dtype):
     return x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
 
 
-# How training reduces BN's per-channel sums: XLA's reductions; "partials", the forward's as one XLA
-# kernel of partial sums (config.model.bn_partial_sums); "pallas", forward and backward in
-# `column_sums`' kernel where the platform compiles it (config.model.bn_pallas_sums).
-SUMS = ("xla", "partials", "pallas")
-
-
 def _bn_statistics(x, scale, bias, epsilon, sums):
     """x grouped as (G, g, ..., C). (mean, var, mul, add): float32 per-group statistics and the
-    factors of BN's output x * mul + add. `sums`: SUMS, how the two sums are reduced."""
+    factors of BN's output x * mul + add. `sums`, how training reduces BN's sums (`BatchNorm._sums`):
+    "xla", XLA's reductions; "partials", the forward's as one XLA kernel of partial sums
+    (config.model.bn_partial_sums); "pallas", forward and backward in `column_sums`' kernel where
+    the platform compiles it (config.model.bn_pallas_sums)."""
     axes = tuple(range(1, x.ndim - 1))
     count = math.prod(x.shape[a] for a in axes)
     if sums == "pallas" and _pallas_plan(x):
@@ -255,6 +252,17 @@ def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask, sums):
     return (y, mean, var), res
 
 
+def _bn_grad_terms(x, gy, mean, rstd, mul, add, relu, dtype):
+    """(gz, centred, xhat) of BN's backward, elementwise: the float32 gradient behind the ReLU's mask
+    (the forward's arithmetic in `dtype`), x centred and x normalised. On whole arrays or on
+    `column_sums`' tiles (x and gy in float32 there, which `dtype` holds exactly): the same mask."""
+    gz = gy.astype(jnp.float32)
+    if relu:
+        gz = jnp.where(_scale_shift(x, mul, add, dtype) > 0, gz, 0.0)
+    centred = x.astype(jnp.float32) - mean
+    return gz, centred, centred * rstd
+
+
 def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, sums, res, cotangents):
     """The textbook BN gradient per group, plus the (usually zero) cotangents of mean and var.
 
@@ -265,18 +273,13 @@ def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, sums, res, cotangents):
     gy, gmean, gvar = cotangents
     axes = tuple(range(1, x.ndim - 1))
     count = math.prod(x.shape[a] for a in axes)
-    gz = gy.astype(jnp.float32)
-    if relu:
-        gz = jnp.where(_scale_shift(x, mul, add, dtype) > 0, gz, 0.0)
-    centred = x.astype(jnp.float32) - mean
-    xhat = centred * rstd
+    gz, centred, xhat = _bn_grad_terms(x, gy, mean, rstd, mul, add, relu, dtype)
     if sums == "pallas" and _pallas_plan(x):
-        def masked(t, v):  # the lines above on [br, bc] tiles of (x, gy); v: (mean, rstd, mul, add)
-            y = _scale_shift(t[0], v[2], v[3], dtype)  # the same arithmetic as the forward's in `dtype`
-            g = jnp.where(y.astype(jnp.float32) > 0, t[1], 0.0) if relu else t[1]
-            return g, g * ((t[0] - v[0]) * v[1])
+        def tile_sums(t, v):  # the same terms on column_sums' [br, bc] tiles of (x, gy)
+            g, _, h = _bn_grad_terms(t[0], t[1], *v, relu, dtype)
+            return g, g * h
 
-        sum_gz, sum_gz_xhat = _pallas_sums(masked, x, [x, gy], [mean, rstd, mul, add])
+        sum_gz, sum_gz_xhat = _pallas_sums(tile_sums, x, [x, gy], [mean, rstd, mul, add])
     else:
         sum_gz, sum_gz_xhat = _group_sums(gz, gz * xhat, axes)
     dx = (mul / count) * (count * gz - sum_gz - xhat * sum_gz_xhat)
@@ -571,7 +574,7 @@ class BatchNorm(nn.Module):
     conv1x1_fusion: bool = False  # BN-ReLU as a following 1x1 conv's GEMM prologue (config.model.conv1x1_fusion)
 
     def _sums(self) -> str:
-        """One of SUMS: how training reduces BN's per-channel sums."""
+        """How training reduces BN's per-channel sums (`_bn_statistics` lists the three ways)."""
         return "pallas" if self.pallas_sums else "partials" if self.partial_sums else "xla"
 
     @nn.compact
