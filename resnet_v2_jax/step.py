@@ -279,8 +279,8 @@ def compile_steps(task: Task, mesh: Mesh, auto_layouts: bool = False):
 
 def param_layout(ndim: int):
     """The layout `compile_steps(auto_layouts=True)` asks for the state's conv kernels: Layout.AUTO,
-    XLA's pick. A CPU's XLA picks row-major, so tests put a fixed column-major layout here to run the
-    GPU's case (checkpoints saved from, and restored into, layouts that are not row-major)."""
+    XLA's pick. A CPU's XLA picks row-major, so tests put the H200's pick here (output channels
+    first) to run the GPU's case: checkpoints saved from, and restored into, layouts not row-major."""
     del ndim
     from jax.experimental.layout import Layout
 

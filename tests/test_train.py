@@ -459,13 +459,14 @@ def tiny_config(data_dir, **overrides):
 
 
 def test_interrupt_and_resume_equals_uninterrupted(tmp_path, digits_dir, monkeypatch):
-    """The interrupted run also trains with config.auto_param_layouts, its conv kernels held
-    column-major as a GPU's XLA may pick (a CPU's picks row-major, so the test fixes the layout): its
+    """The interrupted run also trains with config.auto_param_layouts, its conv kernels held output
+    channels first, as an H200's XLA picks (`(3, 0, 1, 2)`; a CPU's picks row-major, so the test fixes
+    the layout): its
     steps compiled through step.compile_train, its checkpoints saved from those layouts and restored
     into them. The same numbers as the straight run, row-major throughout."""
     from jax.experimental.layout import Layout
 
-    monkeypatch.setattr(step_lib, "param_layout", lambda ndim: Layout(tuple(reversed(range(ndim)))))
+    monkeypatch.setattr(step_lib, "param_layout", lambda ndim: Layout((ndim - 1,) + tuple(range(ndim - 1))))
     placed = []
     compile_train = step_lib.compile_train
 
@@ -482,7 +483,7 @@ def test_interrupt_and_resume_equals_uninterrupted(tmp_path, digits_dir, monkeyp
     train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=3, **auto), resumed)  # checkpoint at 3
     assert os.listdir(os.path.join(resumed, "checkpoints")) == ["3"]
     results = train.train_and_evaluate(tiny_config(digits_dir, num_train_steps=6, **auto), resumed)
-    assert placed and set(placed) == {(3, 2, 1, 0)}  # both runs trained in column-major conv kernels
+    assert placed and set(placed) == {(3, 0, 1, 2)}  # both runs trained with O-first conv kernels
     assert results["steps"] == 6
     a, b = read_metrics(straight), read_metrics(resumed)
     assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]  # resumed at 4, not restarted from 1
