@@ -315,7 +315,7 @@ def main(argv):
                                    + f" --xla_dump_to={dump} --xla_dump_hlo_module_re=.*train_step.*"
                                    + " --xla_gpu_dump_llvmir=true --xla_dump_emitter_re=.*").strip()  # newer XLAs dump PTX only with both
     topology = topologies.get_topology_desc("gpu_launches", "cuda", target_config=Path(f.target_config).read_text(),
-                                            topology="1x1x1")
+                                            topology=f"1x1x{f.devices}")
     mesh = step_lib.make_mesh(np.asarray(topology.devices))
     layers.TARGET_PLATFORM = "gpu"  # the network as it is traced on a GPU (no CPU-only conv gradient)
     config = f.config
@@ -341,7 +341,7 @@ def main(argv):
                                                                   "scan_unit_reads", "conv1x1_fusion")
                                          if config.model.get(k)]
         + (["auto_param_layouts"] if config.get("auto_param_layouts") and not f.baseline else []),
-        "target": topology.devices[0].device_kind, "jax_version": jax.__version__,
+        "target": topology.devices[0].device_kind, "devices": len(topology.devices), "jax_version": jax.__version__,
         "xla_flags": xla_flags, "compile_s": round(compile_s, 1),
         "compiled_peak_bytes": benchmark.compiled_peak_bytes(compiled), **count_launches(text),
         **kernel_bytes(text)}), flush=True)
@@ -363,6 +363,8 @@ if __name__ == "__main__":
     cli.define_config_flag()
     flags.DEFINE_bool("baseline", False, "Count the plain jit Flax baseline (bench/plain_flax.py) instead of ours.")
     flags.DEFINE_string("target_config", str(TARGET), "GpuTargetConfigProto text of the GPU to compile for.")
+    flags.DEFINE_integer("devices", 1, "GPUs of the target on one host: the step as compiled for one of them, "
+                         "the batch sharded over all (collectives are counted as launches).")
     flags.DEFINE_string("dump_hlo", "", "Also write the compiled HLO text here.")
     flags.DEFINE_integer("code", 0, "Also print the N kernels that move the most bytes, one JSON line each, with "
                          "what their PTX does (lines, branches, scalar and vector global loads).")

@@ -379,12 +379,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                     f"{name}={config[name]} is not divisible by the {num_devices} devices; "
                     f"use a multiple of {num_devices}"
                 )
-        for lever in ("conv1x1_fusion", "bn_pallas_sums"):
-            if num_devices > 1 and config.model[lever]:
-                # XLA's partitioner meets the fused products and the Pallas kernel as opaque custom
-                # calls; whether it keeps them per device or gathers their operands is unchecked.
-                raise ValueError(f"model.{lever}=True is for one device (this run has {num_devices}); "
-                                 "leave it off")
+        if num_devices > 1 and config.model.conv1x1_fusion:
+            # XLA's partitioner meets the fused products as opaque custom calls; whether it keeps
+            # them per device or gathers their operands is unchecked.
+            raise ValueError(f"model.conv1x1_fusion=True is for one device (this run has {num_devices}); "
+                             "leave it off")
         per_device = config.batch_size // num_devices
         # A group as large as the batch is the batch (BatchNorm does so). Otherwise a group is part
         # of one device's examples, or whole devices' examples (XLA then sums it across them).

@@ -172,12 +172,31 @@ def _partial_sums(a, b, axes):
     return sa.sum(1).reshape(keep), sb.sum(1).reshape(keep)
 
 
+def _batch_mesh():
+    """The context mesh the step is traced under (`step.compile_steps` sets it), whose axes all shard
+    the batch; None where there is none or it has one device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty or mesh.size == 1 else mesh
+
+
+def _local_groups(groups: int, rows: int, devices: int) -> tuple[int, int] | None:
+    """(groups, rows a group) on one of `devices` devices holding consecutive equal slices of
+    `groups` groups of `rows` rows: whole groups, or one group's share. None where a slice would
+    straddle a group boundary (config.validate's bn_group_size rule rules that out)."""
+    if groups >= devices:
+        return (groups // devices, rows) if groups % devices == 0 else None
+    share = devices // groups
+    return (1, rows // share) if devices % groups == 0 and rows % share == 0 else None
+
+
 def _pallas_plan(x):
-    """`column_sums.plan` for grouped x (G, g, ..., C) where the traced platform compiles the kernel;
-    else None (XLA's sums)."""
+    """`column_sums.plan` for grouped x (G, g, ..., C), per device (`_batch_mesh`), where the traced
+    platform compiles the kernel; else None (XLA's sums)."""
     if not pallas_sums_available():
         return None
-    return column_sums.plan(math.prod(x.shape[1:-1]), x.shape[-1], x.shape[0])
+    mesh = _batch_mesh()
+    local = _local_groups(x.shape[0], math.prod(x.shape[1:-1]), mesh.size if mesh else 1)
+    return local and column_sums.plan(local[1], x.shape[-1], local[0])
 
 
 def pallas_sums_available() -> bool:
@@ -186,10 +205,35 @@ def pallas_sums_available() -> bool:
 
 
 def _pallas_sums(fn, x, arrays, vectors=()):
-    """`column_sums.column_sums` over grouped x's rows, kept dims as `_group_sums` returns them."""
+    """`column_sums.column_sums` over grouped x's rows, kept dims as `_group_sums` returns them.
+
+    On several devices the kernel runs on each device's rows (a shard_map over the batch axes):
+    XLA's partitioner cannot split a custom call, and would gather the batch onto every device.
+    Each device sums its own groups, or its share of one group; XLA adds the shares of a group
+    across devices (an all-reduce of (devices, C) floats), as it does for its own sums."""
     g, c = x.shape[0], x.shape[-1]
-    sa, sb = column_sums.column_sums(fn, [a.reshape(-1, c) for a in arrays], [v.reshape(g, c) for v in vectors], g,
-                                     interpret=_platform() != "gpu")
+    flat = [a.reshape(-1, c) for a in arrays]
+    vecs = [v.reshape(g, c) for v in vectors]
+    interpret = _platform() != "gpu"
+    mesh = _batch_mesh()
+    if mesh is None:
+        sa, sb = column_sums.column_sums(fn, flat, vecs, g, interpret=interpret)
+    else:
+        from jax.sharding import PartitionSpec as P
+
+        devices, axes = mesh.size, tuple(mesh.axis_names)
+        local_g = _local_groups(g, math.prod(x.shape[1:-1]), devices)[0]
+
+        def per_device(*ops):
+            first = jax.lax.axis_index(axes) * g // devices  # this device's first group
+            local = [jax.lax.dynamic_slice_in_dim(v, first, local_g) for v in ops[len(flat):]]
+            return column_sums.column_sums(fn, ops[:len(flat)], local, local_g, interpret=interpret)
+
+        rows, whole = P(axes, None), P()
+        sa, sb = jax.shard_map(per_device, mesh=mesh, in_specs=(rows,) * len(flat) + (whole,) * len(vecs),
+                               out_specs=(rows, rows), check_vma=False)(*flat, *vecs)
+        if sa.shape[0] != g:  # each group's shares, on consecutive devices
+            sa, sb = _group_sums(sa.reshape(g, -1, c), sb.reshape(g, -1, c), (1,))
     keep = (g,) + (1,) * (x.ndim - 2) + (c,)
     return sa.reshape(keep), sb.reshape(keep)
 

@@ -271,7 +271,15 @@ def compile_steps(task: Task, mesh: Mesh, auto_layouts: bool = False):
 
         state_spec = jax.tree.map(lambda a: Format(param_layout(a.ndim), rep) if a.ndim >= 4 else rep,
                                   abstract_state(task))
-    train = jax.jit(functools.partial(train_step, task), in_shardings=(state_spec, data, rep),
+
+    def on_mesh(state, batch, train_images=None):
+        # traced with the mesh as the context mesh: a layer that shards by hand reads it there
+        # (model.bn_pallas_sums' kernel runs in a shard_map over the batch)
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return train_step(task, state, batch, train_images)
+
+    on_mesh.__name__ = "train_step"  # the program's name: jit_train_step
+    train = jax.jit(on_mesh, in_shardings=(state_spec, data, rep),
                     out_shardings=(state_spec, rep), donate_argnums=0)
     evaluate = jax.jit(functools.partial(eval_step, task), in_shardings=(rep, data), out_shardings=rep)
     return train, evaluate
