@@ -120,8 +120,8 @@ def default() -> ml_collections.ConfigDict:
     # (column_sums.py): [rows, 128-column] slabs per program read as ~4096-value tiles, where XLA's
     # reductions ran BN's sums at 0.6-3.5 TB/s in the H200's ResNet-50 profile (2026-11-28; its
     # elementwise passes reach 3.9-4.4). XLA's count for an H200 (deviceless, JAX 0.11.2): ResNet-50
-    # 950 -> 951 kernels, 85.8 -> 79.6 GB. Not timed on a GPU yet (bench/gpu_levers.sh). One
-    # device; elsewhere XLA's sums.
+    # 950 -> 951 kernels, 85.8 -> 79.6 GB. Not timed on a GPU yet (bench/gpu_levers.sh). On
+    # several devices each runs it on its own rows (a shard_map); off a GPU, XLA's sums.
     m.bn_pallas_sums = False
     # A BN-ReLU whose only consumer is the next convolution runs with it as one op whose backward
     # recomputes the BN-ReLU output from BN's saved input, instead of keeping it: in a scanned stage
