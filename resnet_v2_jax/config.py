@@ -379,11 +379,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                     f"{name}={config[name]} is not divisible by the {num_devices} devices; "
                     f"use a multiple of {num_devices}"
                 )
-        if num_devices > 1 and config.model.conv1x1_fusion:
-            # XLA's partitioner meets the fused products as opaque custom calls; whether it keeps
-            # them per device or gathers their operands is unchecked.
-            raise ValueError(f"model.conv1x1_fusion=True is for one device (this run has {num_devices}); "
-                             "leave it off")
         per_device = config.batch_size // num_devices
         # A group as large as the batch is the batch (BatchNorm does so). Otherwise a group is part
         # of one device's examples, or whole devices' examples (XLA then sums it across them).

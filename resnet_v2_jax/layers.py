@@ -189,6 +189,41 @@ def _local_groups(groups: int, rows: int, devices: int) -> tuple[int, int] | Non
     return (1, rows // share) if devices % groups == 0 and rows % share == 0 else None
 
 
+def _per_device(fn, groups: int, rows, per_group=(), whole=()):
+    """fn(local_groups, rows, per_group, whole) on each device's share of the batch, its outputs'
+    first axes concatenated in device order; on one device (no `_batch_mesh`), fn(groups, ...).
+
+    `rows`: arrays (groups * rows a group, ...) whose first axis the batch shards; `per_group`:
+    (groups, ...) factors, each device given its own groups' (one group where it holds a share);
+    `whole`: arrays every device reads whole. Why: XLA's partitioner cannot split a custom call (a
+    Pallas kernel, a cuDNN fusion) and gathers its operands onto every device: compiled for two
+    H200s, ResNet-50 with bn_pallas_sums all-gathered 93 whole activations a step, ResNet-164 with
+    conv1x1_fusion 145. In a shard_map each device's kernel reads its own rows."""
+    mesh = _batch_mesh()
+    if mesh is None:
+        return fn(groups, rows, per_group, whole)
+    from jax.sharding import PartitionSpec as P
+
+    devices, axes = mesh.size, tuple(mesh.axis_names)
+    local_g = _local_groups(groups, rows[0].shape[0] // groups, devices)[0]
+    n_rows, n_group = len(rows), len(per_group)
+    # Whole groups a device: each device reads the factors it computed (sharded as the groups are;
+    # read whole, XLA would all-gather each, 96 a ResNet-164 step on two H200s). A share of one
+    # group: the factors come from sums across devices, on every device already.
+    split = groups >= devices
+
+    def body(*ops):
+        own = ops[n_rows:n_rows + n_group]
+        if not split:
+            first = jax.lax.axis_index(axes) * groups // devices  # this device's group
+            own = [jax.lax.dynamic_slice_in_dim(v, first, local_g) for v in own]
+        return fn(local_g, ops[:n_rows], own, ops[n_rows + n_group:])
+
+    specs = (P(axes),) * n_rows + (P(axes) if split else P(),) * n_group + (P(),) * len(whole)
+    return jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=P(axes), check_vma=False)(
+        *rows, *per_group, *whole)
+
+
 def _pallas_plan(x):
     """`column_sums.plan` for grouped x (G, g, ..., C), per device (`_batch_mesh`), where the traced
     platform compiles the kernel; else None (XLA's sums)."""
@@ -205,35 +240,15 @@ def pallas_sums_available() -> bool:
 
 
 def _pallas_sums(fn, x, arrays, vectors=()):
-    """`column_sums.column_sums` over grouped x's rows, kept dims as `_group_sums` returns them.
-
-    On several devices the kernel runs on each device's rows (a shard_map over the batch axes):
-    XLA's partitioner cannot split a custom call, and would gather the batch onto every device.
-    Each device sums its own groups, or its share of one group; XLA adds the shares of a group
-    across devices (an all-reduce of (devices, C) floats), as it does for its own sums."""
+    """`column_sums.column_sums` over grouped x's rows, kept dims as `_group_sums` returns them. On
+    several devices each sums its own groups, or its share of one (`_per_device`), and XLA adds the
+    shares across devices (an all-gather of (devices, C) floats, as for its own sums)."""
     g, c = x.shape[0], x.shape[-1]
-    flat = [a.reshape(-1, c) for a in arrays]
-    vecs = [v.reshape(g, c) for v in vectors]
     interpret = _platform() != "gpu"
-    mesh = _batch_mesh()
-    if mesh is None:
-        sa, sb = column_sums.column_sums(fn, flat, vecs, g, interpret=interpret)
-    else:
-        from jax.sharding import PartitionSpec as P
-
-        devices, axes = mesh.size, tuple(mesh.axis_names)
-        local_g = _local_groups(g, math.prod(x.shape[1:-1]), devices)[0]
-
-        def per_device(*ops):
-            first = jax.lax.axis_index(axes) * g // devices  # this device's first group
-            local = [jax.lax.dynamic_slice_in_dim(v, first, local_g) for v in ops[len(flat):]]
-            return column_sums.column_sums(fn, ops[:len(flat)], local, local_g, interpret=interpret)
-
-        rows, whole = P(axes, None), P()
-        sa, sb = jax.shard_map(per_device, mesh=mesh, in_specs=(rows,) * len(flat) + (whole,) * len(vecs),
-                               out_specs=(rows, rows), check_vma=False)(*flat, *vecs)
-        if sa.shape[0] != g:  # each group's shares, on consecutive devices
-            sa, sb = _group_sums(sa.reshape(g, -1, c), sb.reshape(g, -1, c), (1,))
+    sa, sb = _per_device(lambda lg, rows, vecs, _: column_sums.column_sums(fn, rows, vecs, lg, interpret=interpret),
+                         g, [a.reshape(-1, c) for a in arrays], [v.reshape(g, c) for v in vectors])
+    if sa.shape[0] != g:  # each group's shares, on consecutive devices
+        sa, sb = _group_sums(sa.reshape(g, -1, c), sb.reshape(g, -1, c), (1,))
     keep = (g,) + (1,) * (x.ndim - 2) + (c,)
     return sa.reshape(keep), sb.reshape(keep)
 
@@ -434,7 +449,8 @@ def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, sums, strides, pad
     # BN's statistics and saved vectors as `_bn_train_fwd` has them; its output is the product's prologue.
     mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, sums)
     (g, k), n = (x.shape[0], x.shape[-1]), kernel.shape[-1]
-    z = fused(x.reshape(g, -1, k), mul.reshape(g, 1, k), add.reshape(g, 1, k), kernel.reshape(k, n), dtype=dtype)
+    z = _per_device(lambda lg, xs, f, w: fused(xs[0].reshape(lg, -1, k), *f, *w, dtype=dtype).reshape(-1, n),
+                    g, [x.reshape(-1, k)], [mul.reshape(g, 1, k), add.reshape(g, 1, k)], [kernel.reshape(k, n)])
     stats = _saved_statistics(mean, var, mul, add, epsilon)
     return (z.reshape((-1,) + x.shape[2:-1] + (n,)), mean, var), (x, stats, kernel)
 
@@ -453,8 +469,11 @@ def _bn_relu_conv_bwd(epsilon, dtype, sums, strides, padding, gemm_fusion, res, 
         gy, gkernel = pullback(gz)
     else:
         (g, k), n = (x.shape[0], x.shape[-1]), kernel.shape[-1]
-        gkernel = fused(x.reshape(g, -1, k), mul.reshape(g, 1, k), add.reshape(g, 1, k), gz.reshape(g, -1, n),
-                        dtype=dtype).sum(0).astype(kernel.dtype).reshape(kernel.shape)
+        # each device's groups' products, or its share of one group's, added up over all
+        gkernel = _per_device(lambda lg, r, f, _: fused(r[0].reshape(lg, -1, k), *f, r[1].reshape(lg, -1, n),
+                                                        dtype=dtype),
+                              g, [x.reshape(-1, k), gz.reshape(-1, n)], [mul.reshape(g, 1, k), add.reshape(g, 1, k)])
+        gkernel = gkernel.sum(0).astype(kernel.dtype).reshape(kernel.shape)
         gy = jax.lax.dot_general(gz.reshape(-1, n), kernel.reshape(k, n), (((1,), (1,)), ((), ())),
                                  preferred_element_type=jnp.float32).astype(gz.dtype)
     dx, dscale, dbias = _bn_train_bwd(True, epsilon, dtype, False, sums, (x, stats),

@@ -91,3 +91,57 @@ def train_loss_step(model):
         return jnp.sum(out.astype(jnp.float32) ** 2)
 
     return jax.jit(jax.value_and_grad(loss)), variables["params"]
+
+
+MULTI_DEVICE_STEP = """
+import json, sys
+import jax
+import numpy as np
+from resnet_v2_jax import column_sums, layers
+from resnet_v2_jax import config as config_lib
+from resnet_v2_jax import step as step_lib
+
+lever, block, depth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+column_sums.PLATFORMS.add("cpu")  # the Pallas kernel under Pallas's interpreter
+layers.GEMM_FUSION_PLATFORMS.add("cpu")  # the fused products' arithmetic, as plain products
+mesh = step_lib.make_mesh()
+out = {}
+for group in (0, 4, 1):  # the batch one group; 2 groups, each over 2 devices; 8 groups, 2 a device
+    results = []
+    for on in (False, True):
+        c = config_lib.default()
+        c.dataset, c.image_size, c.batch_size = "synthetic", 8, 8
+        c.model.depth, c.model.block, c.model.width = depth, block, 0.25
+        c.model[lever], c.bn_group_size = on, group
+        config_lib.validate(c, num_devices=mesh.size)
+        task = step_lib.make_task(c, (8, 8, 3))
+        train_fn, _ = step_lib.compile_steps(task, mesh)
+        state = step_lib.init_state(task, 0, mesh)
+        batch = step_lib.synthetic_batch(task, mesh, c.batch_size)
+        jaxpr = str(train_fn.trace(state, batch, None).jaxpr)
+        state, metrics = train_fn(state, batch, None)
+        results.append((jaxpr.count("pallas_call"), jaxpr.count("shard_map"), float(metrics["loss"]),
+                        [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats))]))
+    (_, maps_off, loss_off, leaves_off), (kernels, maps, loss_on, leaves_on) = results
+    assert maps_off == 0, maps_off
+    diff = max(float(np.max(np.abs(a - b)) / np.max(np.abs(a))) for a, b in zip(leaves_off, leaves_on))
+    out[group] = {"kernels": kernels, "shard_maps": maps, "losses": [loss_off, loss_on], "max_rel_diff": diff}
+print(json.dumps(out))
+"""
+
+
+def multi_device_step(lever: str, block: str, depth: int) -> dict:
+    """One train step on 4 CPU devices of a `block` network of `depth` layers with model.`lever` off
+    and on, for three ways the BN groups lie across the devices (bn_group_size 0, 4 and 1 of a batch
+    of 8): {group: kernels (Pallas calls traced), shard_maps, the two losses, and the largest
+    difference between the updated parameters and statistics, relative to each leaf's largest value}."""
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    r = subprocess.run([sys.executable, "-c", MULTI_DEVICE_STEP, lever, block, str(depth)], env=env,
+                       capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.splitlines()[-1])

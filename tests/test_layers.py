@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import multi_device_step
 from jax.ad_checkpoint import print_saved_residuals
 
 from resnet_v2_jax import column_sums, layers
@@ -177,61 +178,15 @@ def test_pallas_sums_option_says_what_it_needs():
         config_lib.validate(c)
 
 
-MULTI_DEVICE_STEP = """
-import json
-import jax
-import numpy as np
-from resnet_v2_jax import column_sums
-from resnet_v2_jax import config as config_lib
-from resnet_v2_jax import step as step_lib
-
-column_sums.PLATFORMS = {"gpu", "cpu"}  # the kernel under Pallas's interpreter
-mesh = step_lib.make_mesh()
-out = {"devices": mesh.size}
-for group in (0, 4, 1):  # the batch one group; 2 groups, each over 2 devices; 8 groups, 2 a device
-    results = []
-    for pallas in (False, True):
-        c = config_lib.default()
-        c.dataset, c.image_size, c.batch_size = "synthetic", 8, 8
-        c.model.depth, c.model.block, c.model.width = 8, "basic", 0.25
-        c.model.bn_pallas_sums, c.bn_group_size = pallas, group
-        config_lib.validate(c, num_devices=mesh.size)
-        task = step_lib.make_task(c, (8, 8, 3))
-        train_fn, _ = step_lib.compile_steps(task, mesh)
-        state = step_lib.init_state(task, 0, mesh)
-        batch = step_lib.synthetic_batch(task, mesh, c.batch_size)
-        jaxpr = str(train_fn.trace(state, batch, None).jaxpr)
-        state, metrics = train_fn(state, batch, None)
-        results.append((jaxpr.count("pallas_call"), jaxpr.count("shard_map"), float(metrics["loss"]),
-                        [np.asarray(x) for x in jax.tree.leaves((state.params, state.batch_stats))]))
-    (_, _, loss_x, leaves_x), (kernels, maps, loss_p, leaves_p) = results
-    diff = max(float(np.max(np.abs(a - b)) / np.max(np.abs(a))) for a, b in zip(leaves_x, leaves_p))
-    out[group] = {"kernels": kernels, "shard_maps": maps, "losses": [loss_x, loss_p], "max_rel_diff": diff}
-print(json.dumps(out))
-"""
-
-
 def test_pallas_sums_on_four_devices_run_per_device_and_train_as_xla_sums():
     """config.model.bn_pallas_sums on 4 devices: each BN's kernel runs in a shard_map over the batch
     (XLA's partitioner cannot split a custom call), each device summing its own groups or its share
     of one, and one train step of a depth-8 network updates the parameters and running statistics
     as XLA's sums do, whichever way the BN groups lie across the devices."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    r = subprocess.run([sys.executable, "-c", MULTI_DEVICE_STEP], env=env, capture_output=True, text=True,
-                       timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert r.returncode == 0, r.stderr[-3000:]
-    out = json.loads(r.stdout.splitlines()[-1])
-    assert out["devices"] == 4
-    for group in ("0", "4", "1"):
-        got = out[group]
-        assert got["kernels"] == got["shard_maps"] == 14, got  # 7 BNs, forward and backward
+    for group, got in multi_device_step("bn_pallas_sums", "basic", 8).items():
+        assert got["kernels"] == got["shard_maps"] == 14, (group, got)  # 7 BNs, forward and backward
         np.testing.assert_allclose(*got["losses"], rtol=1e-6)
-        assert got["max_rel_diff"] < 1e-4, got  # a device reading another group's vectors: ~1
+        assert got["max_rel_diff"] < 1e-4, (group, got)  # a device reading another group's vectors: ~1
 
 
 def test_pallas_sums_leave_a_cpu_to_xla():
