@@ -140,7 +140,8 @@ def default() -> ml_collections.ConfigDict:
     # and -3.4%, ResNet-1001 -4.2% and -3.0%; its compile there 15-30% longer. Timed on one H200
     # (bf16, 2026-11-28, steps back to back): ResNet-50 -7.2% (same process), ResNet-1001 +0.6%,
     # ResNet-164 +12.7% (14,463 against 12,838 images/s, two processes; compile 49 s, 4.4 against
-    # 1.8 GiB). Off: one device only, and no gain but on ResNet-164 (on one GPU, try it there).
+    # 1.8 GiB). Off: no gain but on ResNet-164 (try it there). On several devices each runs its
+    # own rows' products (layers._per_device).
     m.conv1x1_fusion = False
     # The ImageNet stem's 7x7 stride-2 convolution on 3 channels as a 4x4 stride-1 one on the input's
     # 2x2 blocks (12 channels; layers.space_to_depth_conv): same parameters and result to float

@@ -347,7 +347,7 @@ STEP_SCRIPT = textwrap.dedent("""
 
     assert jax.device_count() == 4, jax.devices()
 
-    def run(devices, group, steps=3):
+    def run(devices, group, steps=3, auto_layouts=False):
         c = config_lib.default()
         c.dataset, c.image_size = "synthetic", 8
         c.model.depth, c.model.block, c.model.width = 8, "basic", 0.25
@@ -355,20 +355,24 @@ STEP_SCRIPT = textwrap.dedent("""
         task = step.make_task(c, (8, 8, 3))
         mesh = step.make_mesh(devices)
         state = step.init_state(task, 0, mesh)
-        train_fn, _ = step.compile_steps(task, mesh)
+        train_fn, _ = step.compile_steps(task, mesh, auto_layouts)
         rng = np.random.default_rng(0)
         losses = []
-        for _ in range(steps):
+        for i in range(steps):
             batch = {"image": rng.normal(size=(8, 8, 8, 3)).astype(np.float32),
                      "label": rng.integers(0, 10, 8).astype(np.int32)}
-            state, metrics = train_fn(state, jax.device_put(batch, step.batch_sharding(mesh)), None)
+            batch = jax.device_put(batch, step.batch_sharding(mesh))
+            if auto_layouts and i == 0:
+                train_fn, state = step.compile_train(train_fn, state, batch, None)
+            state, metrics = train_fn(state, batch, None)
             losses.append(float(metrics["loss"]))
         leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))]
         return {"losses": losses, "state": np.concatenate(leaves).tolist()}
 
     one, four = jax.devices()[:1], jax.devices()
     out = {"1dev": run(one, 0), "4dev": run(four, 0), "1dev_g8": run(one, 8), "1dev_g2": run(one, 2),
-           "4dev_g2": run(four, 2), "1dev_g4": run(one, 4), "4dev_g4": run(four, 4), "4dev_g64": run(four, 64)}
+           "4dev_g2": run(four, 2), "1dev_g4": run(one, 4), "4dev_g4": run(four, 4), "4dev_g64": run(four, 64),
+           "4dev_auto": run(four, 0, auto_layouts=True)}
     json.dump(out, open(sys.argv[1], "w"))
 """)
 
@@ -388,6 +392,13 @@ def test_one_device_and_four_devices_give_the_same_steps(step_runs):
     np.testing.assert_allclose(step_runs["4dev"]["losses"], step_runs["1dev"]["losses"], rtol=1e-4)
     np.testing.assert_allclose(step_runs["4dev"]["state"], step_runs["1dev"]["state"], rtol=1e-4, atol=1e-6)
     assert len(set(step_runs["1dev"]["losses"])) == 3  # the steps really change the state
+
+
+def test_auto_param_layouts_on_four_devices_give_the_same_steps(step_runs):
+    """config.auto_param_layouts with the state replicated over 4 devices (step.compile_train puts
+    it into the compiled step's formats): the same steps as without it."""
+    np.testing.assert_allclose(step_runs["4dev_auto"]["losses"], step_runs["4dev"]["losses"], rtol=1e-6)
+    np.testing.assert_allclose(step_runs["4dev_auto"]["state"], step_runs["4dev"]["state"], rtol=1e-6, atol=1e-7)
 
 
 def test_bn_group_of_the_global_batch_equals_the_default(step_runs):
