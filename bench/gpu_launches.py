@@ -340,7 +340,7 @@ def main(argv):
                                                                   "stem_align_channels", "bn_recompute_output",
                                                                   "scan_unit_reads", "conv1x1_fusion")
                                          if config.model.get(k)]
-        + (["auto_param_layouts"] if config.get("auto_param_layouts") and not f.baseline else []),
+        + [k for k in ("auto_param_layouts", "explicit_data_parallel") if config.get(k) and not f.baseline],
         "target": topology.devices[0].device_kind, "devices": len(topology.devices), "jax_version": jax.__version__,
         "xla_flags": xla_flags, "compile_s": round(compile_s, 1),
         "compiled_peak_bytes": benchmark.compiled_peak_bytes(compiled), **count_launches(text),

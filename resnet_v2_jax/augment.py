@@ -73,14 +73,24 @@ def pad_crop_flip_params(rng, n: int, pad: int = 4):
     return offsets, flips
 
 
-def pad_crop_flip(rng, images, pad: int = 4):
+def _part(params, part):
+    """This device's rows of per-example draws made for the whole batch: `part` = (device index,
+    devices), under config.explicit_data_parallel; the draws then equal those of the sharded step."""
+    if part is None:
+        return params
+    index, count = part
+    n = params[0].shape[0] // count
+    return tuple(jax.lax.dynamic_slice_in_dim(p, index * n, n) for p in params)
+
+
+def pad_crop_flip(rng, images, pad: int = 4, part=None):
     """The paper's CIFAR augmentation: pad 4 with zeros, random crop back, random mirror.
 
     Every example draws its own offsets and flip from `rng`; pass normalised images, so that the
     padding is the mean colour as in the paper's code. To keep resumed runs identical, derive
-    `rng` from the step, e.g. `jax.random.fold_in(key, step)`.
+    `rng` from the step, e.g. `jax.random.fold_in(key, step)`. `part`: see `_part`.
     """
-    offsets, flips = pad_crop_flip_params(rng, images.shape[0], pad)
+    offsets, flips = _part(pad_crop_flip_params(rng, images.shape[0] * (part[1] if part else 1), pad), part)
     return crop_flip(images, offsets, flips, pad)
 
 
@@ -140,11 +150,13 @@ def _lighting(x, light):
     return x + 255.0 * rgb[:, None, None, :]
 
 
-def colour_lighting(rng, images, strength: float = 0.4, lighting_std: float = 0.1):
+def colour_lighting(rng, images, strength: float = 0.4, lighting_std: float = 0.1, part=None):
     """The colour part of the ImageNet recipes (`COLOUR_JITTER`), done on device: the host sends
     cropped, mirrored uint8 pixels (4x fewer bytes than floats) and skips float work that costs it
-    more than the JPEG decode (BENCHMARKS.md). `strength` 0 is lighting alone, without the blends."""
-    alphas, light = colour_params(rng, images.shape[0], strength, lighting_std)
+    more than the JPEG decode (BENCHMARKS.md). `strength` 0 is lighting alone, without the blends.
+    `part`: see `_part`."""
+    alphas, light = _part(colour_params(rng, images.shape[0] * (part[1] if part else 1), strength, lighting_std),
+                          part)
     if strength == 0:
         return _lighting(images.astype(jnp.float32), light)
     return colour_apply(images, alphas, light)

@@ -71,7 +71,7 @@ from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import step as step_lib
 
 KEYS = ("impl", "mode", "model", "experiment", "family", "depth", "block", "batch", "distinct_batches", "dtype", "scan", "scan_unroll", "remat",
-        "remat_policy", "bn_recompute_mask", "bn_partial_sums", "bn_pallas_sums", "stem_space_to_depth", "stem_align_channels", "auto_param_layouts", "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion", "bn_group", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
+        "remat_policy", "bn_recompute_mask", "bn_partial_sums", "bn_pallas_sums", "stem_space_to_depth", "stem_align_channels", "auto_param_layouts", "explicit_data_parallel", "bn_recompute_output", "scan_unit_reads", "conv1x1_fusion", "bn_group", "params", "macs_per_image", "input", "compile_s", "first_step_s", "timing", "steps", "warmup", "step_ms",
         "step_ms_min", "step_ms_max", "dispatch_ms", "setup_s", "images_per_second", "loop_ms", "loop_images_per_second", "tflops", "peak_fraction", "peak_bytes_in_use", "compiled_peak_bytes",
         "device_kind", "num_devices", "jax_version", "loss", "date")
 
@@ -230,7 +230,8 @@ def lower_step(config, mesh, *, baseline: bool = False, seed: int = 0):
     else:
         batch = {"image": shaped((config.batch_size,) + image_shape, jnp.uint8 if pixels else jnp.float32, data),
                  "label": labels}
-    return step_lib.compile_steps(task, mesh, bool(config.auto_param_layouts))[0].lower(state, batch, train_images)
+    return step_lib.compile_steps(task, mesh, bool(config.auto_param_layouts),
+                                  bool(config.explicit_data_parallel))[0].lower(state, batch, train_images)
 
 
 def distinct_batches(batch: dict, n: int) -> list[dict]:
@@ -280,6 +281,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
     analysis = summary.analyse(config)
     mesh = step_lib.make_mesh()
     auto_layouts = bool(config.auto_param_layouts) and not baseline and not eval_mode
+    explicit = bool(config.explicit_data_parallel) and not baseline and not eval_mode
     if baseline:
         plain = load_plain_flax()
         state, train_fn, eval_fn = plain.make(config, image_shape, seed)
@@ -295,7 +297,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         task = step_lib.make_task(config, image_shape, norm, device_augment, colour)
         state = _init_state(task, config, seed, mesh)
         batch = step_lib.synthetic_batch(task, mesh, batch_size, seed, jnp.uint8 if pixels else jnp.float32)
-        train_fn, eval_fn = step_lib.compile_steps(task, mesh, auto_layouts=auto_layouts)
+        train_fn, eval_fn = step_lib.compile_steps(task, mesh, auto_layouts=auto_layouts, explicit=explicit)
         train_images = None  # train_step's on-device train set: none when the batch holds images
         if rows:
             # Made on the host: threefry for 150 M values took 4.9 s on 2 idle CPU cores, numpy 0.5 s.
@@ -333,6 +335,7 @@ def setup(config, *, eval_mode: bool = False, baseline: bool = False, seed: int 
         "stem_align_channels": bool(config.model.stem_space_to_depth and config.model.stem_align_channels)
         and config.model.family == "imagenet" and not baseline,  # a CIFAR network has no stem to align
         "auto_param_layouts": auto_layouts,
+        "explicit_data_parallel": explicit,
         "bn_recompute_output": bool(config.model.bn_recompute_output) and not baseline,
         # what the compile got, not what was asked: off on a CPU, or where this JAX's scan is another
         "scan_unit_reads": scan_reads.in_effect() and bool(config.model.scan) and not baseline,

@@ -174,9 +174,10 @@ def _partial_sums(a, b, axes):
 
 def _batch_mesh():
     """The context mesh the step is traced under (`step.compile_steps` sets it), whose axes all shard
-    the batch; None where there is none or it has one device."""
+    the batch; None where there is none, it has one device, or the step already runs per device
+    (config.explicit_data_parallel: inside its shard_map the arrays are the device's own)."""
     mesh = jax.sharding.get_abstract_mesh()
-    return None if mesh.empty or mesh.size == 1 else mesh
+    return None if mesh.empty or mesh.size == 1 or mesh.are_all_axes_manual else mesh
 
 
 def _local_groups(groups: int, rows: int, devices: int) -> tuple[int, int] | None:

@@ -212,7 +212,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
         logging.info("starting from scratch")
     elif is_lead:
         print(f"resumed from the checkpoint at step {start} in {checkpointer.directory}", flush=True)
-    train_fn, eval_fn = step_lib.compile_steps(task, mesh, auto_layouts=bool(config.auto_param_layouts))
+    train_fn, eval_fn = step_lib.compile_steps(task, mesh, auto_layouts=bool(config.auto_param_layouts),
+                                               explicit=bool(config.explicit_data_parallel))
     compiled = not config.auto_param_layouts  # else compile_train at the first batch (it needs its shapes)
     train_images = None
     if data is not None and data.train_arrays is not None:

@@ -343,28 +343,34 @@ def test_quickstart_reaches_95_percent_on_real_digits(tmp_path, digits_dir, monk
 STEP_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from resnet_v2_jax import config as config_lib, step
+    from resnet_v2_jax import augment, config as config_lib, step
 
     assert jax.device_count() == 4, jax.devices()
 
-    def run(devices, group, steps=3, auto_layouts=False):
+    def run(devices, group, steps=3, auto_layouts=False, explicit=False, augmented=False):
         c = config_lib.default()
         c.dataset, c.image_size = "synthetic", 8
         c.model.depth, c.model.block, c.model.width = 8, "basic", 0.25
-        c.batch_size, c.bn_group_size = 8, group
-        task = step.make_task(c, (8, 8, 3))
+        c.batch_size, c.bn_group_size, c.explicit_data_parallel = 8, group, explicit
+        config_lib.validate(c, num_devices=len(devices))
+        # augmented: CIFAR's path, images gathered from an on-device train set and pad-cropped, flipped
+        task = step.make_task(c, (8, 8, 3), augment.MEAN_STD["cifar10"] if augmented else None, augmented)
         mesh = step.make_mesh(devices)
         state = step.init_state(task, 0, mesh)
-        train_fn, _ = step.compile_steps(task, mesh, auto_layouts)
+        train_fn, _ = step.compile_steps(task, mesh, auto_layouts, explicit)
         rng = np.random.default_rng(0)
+        train_images = jax.device_put(rng.integers(0, 256, (32, 8, 8, 3)).astype(np.uint8), step.replicated(mesh))
         losses = []
         for i in range(steps):
             batch = {"image": rng.normal(size=(8, 8, 8, 3)).astype(np.float32),
                      "label": rng.integers(0, 10, 8).astype(np.int32)}
+            if augmented:
+                batch = {"index": rng.integers(0, 32, 8).astype(np.int32), "label": batch["label"]}
             batch = jax.device_put(batch, step.batch_sharding(mesh))
+            images = train_images if augmented else None
             if auto_layouts and i == 0:
-                train_fn, state = step.compile_train(train_fn, state, batch, None)
-            state, metrics = train_fn(state, batch, None)
+                train_fn, state = step.compile_train(train_fn, state, batch, images)
+            state, metrics = train_fn(state, batch, images)
             losses.append(float(metrics["loss"]))
         leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))]
         return {"losses": losses, "state": np.concatenate(leaves).tolist()}
@@ -372,7 +378,8 @@ STEP_SCRIPT = textwrap.dedent("""
     one, four = jax.devices()[:1], jax.devices()
     out = {"1dev": run(one, 0), "4dev": run(four, 0), "1dev_g8": run(one, 8), "1dev_g2": run(one, 2),
            "4dev_g2": run(four, 2), "1dev_g4": run(one, 4), "4dev_g4": run(four, 4), "4dev_g64": run(four, 64),
-           "4dev_auto": run(four, 0, auto_layouts=True)}
+           "4dev_auto": run(four, 0, auto_layouts=True), "4dev_g2_explicit": run(four, 2, explicit=True),
+           "4dev_g1_aug": run(four, 1, augmented=True), "4dev_g1_aug_explicit": run(four, 1, explicit=True, augmented=True)}
     json.dump(out, open(sys.argv[1], "w"))
 """)
 
@@ -392,6 +399,30 @@ def test_one_device_and_four_devices_give_the_same_steps(step_runs):
     np.testing.assert_allclose(step_runs["4dev"]["losses"], step_runs["1dev"]["losses"], rtol=1e-4)
     np.testing.assert_allclose(step_runs["4dev"]["state"], step_runs["1dev"]["state"], rtol=1e-4, atol=1e-6)
     assert len(set(step_runs["1dev"]["losses"])) == 3  # the steps really change the state
+
+
+def test_explicit_data_parallel_gives_the_sharded_steps(step_runs):
+    """config.explicit_data_parallel (each device its share of the batch in a shard_map, one float32
+    all-reduce of the gradients and BN statistics): the sharded step's losses and state, on plain
+    float batches and on CIFAR's augmented path (each device's crops and flips its rows of the
+    whole batch's draws: drawn per device, they would differ from the sharded step's)."""
+    for sharded, explicit in (("4dev_g2", "4dev_g2_explicit"), ("4dev_g1_aug", "4dev_g1_aug_explicit")):
+        np.testing.assert_allclose(step_runs[explicit]["losses"], step_runs[sharded]["losses"], rtol=1e-5)
+        np.testing.assert_allclose(step_runs[explicit]["state"], step_runs[sharded]["state"], rtol=1e-4, atol=1e-6)
+    assert len(set(step_runs["4dev_g1_aug"]["losses"])) == 3
+
+
+def test_explicit_data_parallel_says_what_it_needs():
+    c = config_lib.default()
+    c.explicit_data_parallel, c.batch_size = True, 128
+    config_lib.validate(c, num_devices=1)  # one device: BN over the whole batch is the device's
+    with pytest.raises(ValueError, match=r"explicit_data_parallel=True computes BN on each device's own examples.*"
+                       r"divisor of the per-device batch 64 \(it is 0, the global batch\)"):
+        config_lib.validate(c, num_devices=2)
+    c.bn_group_size = 64
+    config_lib.validate(c, num_devices=2)
+    with pytest.raises(ValueError, match=r"per-device batch 32 \(it is 64\)"):
+        config_lib.validate(c, num_devices=4)
 
 
 def test_auto_param_layouts_on_four_devices_give_the_same_steps(step_runs):
