@@ -849,13 +849,17 @@ def test_bn_sums_check_times_xla_and_the_pallas_kernel_and_checks_their_sums(cap
     assert column_sums.TILE_VALUES == 4096 and column_sums.NUM_WARPS == 4  # the variants were put back
 
 
-def test_auto_param_layouts_runs_the_step_through_compile_train_with_the_same_loss():
+def test_auto_layouts_and_explicit_data_parallel_run_the_step_with_the_same_loss():
     """config.auto_param_layouts: the benchmark compiles the step with XLA-chosen state layouts and
     puts the state into them (step.compile_train); on a CPU XLA keeps them row-major, so the same
     loss as the plain step in the same process, and the line says which ran."""
     also = " ".join(TINY) + " --config.auto_param_layouts=True"
-    p = run_cli(*TINY, f"--also={also}")
+    explicit = " ".join(TINY) + " --config.explicit_data_parallel=True"
+    p = run_cli(*TINY, f"--also={also}", f"--also={explicit}")
     assert p.returncode == 0, p.stderr
-    r, second = json_lines(p.stdout)
+    r, second, third = json_lines(p.stdout)
     assert (r["auto_param_layouts"], second["auto_param_layouts"]) == (False, True)
     assert second["loss"] == r["loss"] and second["images_per_second"] > 0
+    # config.explicit_data_parallel: the step in a shard_map, here over this one device
+    assert (r["explicit_data_parallel"], third["explicit_data_parallel"]) == (False, True)
+    assert abs(third["loss"] - r["loss"]) <= 1e-6 * abs(r["loss"])
