@@ -4,7 +4,8 @@ No TensorFlow here: the benchmark and GPU machines import this module without it
 is a global array sharded along its first axis over every device of every process
 (`NamedSharding(mesh, P("data"))`); the state is replicated and donated. BN statistics over
 the batch then become cross-device reductions that XLA inserts, so they cover the global batch
-(or `bn_group_size` groups) exactly as on one device.
+(or `bn_group_size` groups) exactly as on one device. With config.explicit_data_parallel the step
+instead runs per device in a shard_map and averages the gradients itself (`compile_steps`).
 
 A non-finite loss, gradient or update never reaches the parameters: the step keeps the previous state
 and records the first bad step in `nan_step`, which the host reads at its next log point.
@@ -269,8 +270,9 @@ def compile_steps(task: Task, mesh: Mesh, auto_layouts: bool = False, explicit: 
     are an all-reduce of their own; XLA's GPU compiler combines them into one buffer and cuts each
     result out of it in a kernel of its own (ResNet-164 b128 on two H200s, counted without them:
     818 such kernels, 2,743 launches against 1,895 on one), and it sums the conv weight gradients
-    across devices in bfloat16, their dtype at the convolution. Explicitly: 2,053 launches, the
+    across devices in bfloat16, their dtype at the convolution. Explicitly: 2,052 launches, the
     gradients summed in float32 (bench/launch_counts.jsonl).
+
     `auto_layouts` (config.auto_param_layouts): the state's leaves of 4 and more dimensions (conv
     kernels, stacked or not, and their momentum) in layouts XLA chooses, the same in and out; call
     the train step through `compile_train`, which puts the state in them. Why: on a GPU XLA
@@ -286,11 +288,11 @@ def compile_steps(task: Task, mesh: Mesh, auto_layouts: bool = False, explicit: 
         state_spec = jax.tree.map(lambda a: Format(param_layout(a.ndim), rep) if a.ndim >= 4 else rep,
                                   abstract_state(task))
 
-    def per_device(state, batch, train_images):
-        return train_step(task, state, batch, train_images, (jax.lax.axis_index(DATA_AXIS), mesh.size))
-
     step = functools.partial(train_step, task)
     if explicit:
+        def per_device(state, batch, train_images):
+            return train_step(task, state, batch, train_images, (jax.lax.axis_index(DATA_AXIS), mesh.size))
+
         step = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(DATA_AXIS), P()), out_specs=(P(), P()),
                              check_vma=False)
 
