@@ -201,9 +201,9 @@ def default() -> ml_collections.ConfigDict:
     # float32 all-reduce (step.compile_steps). The sharded step sums each BN's vectors across
     # devices in an all-reduce of its own, which XLA's GPU compiler cuts out of one combined buffer
     # in a kernel each, and sums the conv weight gradients in bfloat16. Counted for two H200s
-    # without them (2026-11-28, session 20): ResNet-164 b128 2,743 -> 2,053 launches (one H200:
-    # 1,895). Needs BN groups within a device (bn_group_size dividing the per-device batch: the
-    # paper's per-GPU BN). Not timed: the device machines have one GPU.
+    # without them (2026-11-28, session 20): ResNet-164 b128 2,743 -> 2,052 launches (one H200:
+    # 1,895). A BN group spanning devices (bn_group_size 0, the whole batch, or several devices'
+    # examples) sums its statistics across them inside BN. Not timed: the device machines have one GPU.
     c.explicit_data_parallel = False
 
     c.seed = 0
@@ -390,12 +390,6 @@ def validate(config: ml_collections.ConfigDict, num_devices: int | None = None) 
                     f"use a multiple of {num_devices}"
                 )
         per_device = config.batch_size // num_devices
-        own = config.bn_group_size
-        if num_devices > 1 and config.explicit_data_parallel and not (0 < own <= per_device and per_device % own == 0):
-            raise ValueError(
-                f"explicit_data_parallel=True computes BN on each device's own examples, so its groups must lie "
-                f"within a device: set bn_group_size to a divisor of the per-device batch {per_device} "
-                f"(it is {own}{', the global batch' if not own else ''}), or leave explicit_data_parallel off")
         # A group as large as the batch is the batch (BatchNorm does so). Otherwise a group is part
         # of one device's examples, or whole devices' examples (XLA then sums it across them).
         group = min(config.bn_group_size, config.batch_size)

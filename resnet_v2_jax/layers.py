@@ -260,19 +260,42 @@ def _scale_shift(x, mul, add, dtype):
     return x.astype(dtype) * mul.astype(dtype) + add.astype(dtype)
 
 
-def _bn_statistics(x, scale, bias, epsilon, sums):
+def _explicit_devices() -> int:
+    """The devices of the explicit data-parallel step (config.explicit_data_parallel) where the
+    network is traced inside its shard_map, whose arrays are one device's; else 1."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return mesh.size if not mesh.empty and mesh.are_all_axes_manual else 1
+
+
+def _across_devices(sums, spread: int):
+    """Per-group sums added over the `spread` consecutive devices that share each BN group, inside
+    the explicit step's shard_map (1: the groups are the device's own)."""
+    if spread == 1:
+        return sums
+    mesh = jax.sharding.get_abstract_mesh()
+    axes, devices = tuple(mesh.axis_names), mesh.size
+    if spread == devices:
+        return jax.lax.psum(sums, axes)
+    index = jax.lax.axis_index(axes) // spread
+    return jax.tree.map(lambda v: jax.lax.all_gather(v, axes).reshape((devices // spread, spread) + v.shape).sum(1)[index],
+                        sums)
+
+
+def _bn_statistics(x, scale, bias, epsilon, sums, spread=1):
     """x grouped as (G, g, ..., C). (mean, var, mul, add): float32 per-group statistics and the
     factors of BN's output x * mul + add. `sums`, how training reduces BN's sums (`BatchNorm._sums`):
     "xla", XLA's reductions; "partials", the forward's as one XLA kernel of partial sums
     (config.model.bn_partial_sums); "pallas", forward and backward in `column_sums`' kernel where
-    the platform compiles it (config.model.bn_pallas_sums)."""
+    the platform compiles it (config.model.bn_pallas_sums). `spread`: devices a group spans in the
+    explicit data-parallel step (`_across_devices`)."""
     axes = tuple(range(1, x.ndim - 1))
-    count = math.prod(x.shape[a] for a in axes)
+    count = math.prod(x.shape[a] for a in axes) * spread
     if sums == "pallas" and _pallas_plan(x):
         s, ss = _pallas_sums(lambda t, v: (t[0], t[0] * t[0]), x, [x])
     else:
         xf = x.astype(jnp.float32)
         s, ss = (_partial_sums if sums == "partials" else _group_sums)(xf, xf * xf, axes)
+    s, ss = _across_devices((s, ss), spread)
     mean = s / count
     var = jnp.maximum(ss / count - mean * mean, 0.0)
     mul = scale * jax.lax.rsqrt(var + epsilon)
@@ -284,20 +307,20 @@ def _saved_statistics(mean, var, mul, add, epsilon):
     return jnp.stack([mean, jax.lax.rsqrt(var + epsilon), mul, add])
 
 
-def _bn_forward(x, scale, bias, relu, epsilon, dtype, sums):
+def _bn_forward(x, scale, bias, relu, epsilon, dtype, sums, spread=1):
     """x grouped as (G, g, ..., C). (y, mean, var, mul, add) with float32 per-group statistics."""
-    mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, sums)
+    mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, sums, spread)
     y = _scale_shift(x, mul, add, dtype)
     return (jnp.maximum(y, 0) if relu else y), mean, var, mul, add
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
-def _bn_train(x, scale, bias, relu, epsilon, dtype, recompute_mask=False, sums="xla"):
-    return _bn_forward(x, scale, bias, relu, epsilon, dtype, sums)[:3]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
+def _bn_train(x, scale, bias, relu, epsilon, dtype, recompute_mask=False, sums="xla", spread=1):
+    return _bn_forward(x, scale, bias, relu, epsilon, dtype, sums, spread)[:3]
 
 
-def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask, sums):
-    y, mean, var, mul, add = _bn_forward(x, scale, bias, relu, epsilon, dtype, sums)
+def _bn_train_fwd(x, scale, bias, relu, epsilon, dtype, recompute_mask, sums, spread):
+    y, mean, var, mul, add = _bn_forward(x, scale, bias, relu, epsilon, dtype, sums, spread)
     # Saved: the input and one stack of per-channel vectors (scale * rstd is `mul`). Autodiff
     # would save the float32 copy of x, the ReLU mask and about six per-channel intermediates:
     # inside a scan each is one more stacked buffer, and one more kernel per unit on the GPU.
@@ -323,16 +346,18 @@ def _bn_grad_terms(x, gy, mean, rstd, mul, add, relu, dtype):
     return gz, centred, centred * rstd
 
 
-def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, sums, res, cotangents):
+def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, sums, spread, res, cotangents):
     """The textbook BN gradient per group, plus the (usually zero) cotangents of mean and var.
 
     Its sums are XLA's unless `sums` is "pallas": split like the forward's "partials", they made XLA
-    store the float32 products (counted for an H200: 109 more full-size kernels for ResNet-110)."""
+    store the float32 products (counted for an H200: 109 more full-size kernels for ResNet-110).
+    Where a group spans devices (`spread`), x's gradient takes the group's sums over its devices;
+    the scale and bias gradients are this device's share (the step averages them over devices)."""
     del epsilon, recompute_mask
     x, (mean, rstd, mul, add) = res
     gy, gmean, gvar = cotangents
     axes = tuple(range(1, x.ndim - 1))
-    count = math.prod(x.shape[a] for a in axes)
+    count = math.prod(x.shape[a] for a in axes) * spread
     gz, centred, xhat = _bn_grad_terms(x, gy, mean, rstd, mul, add, relu, dtype)
     if sums == "pallas" and _pallas_plan(x):
         def tile_sums(t, v):  # the same terms on column_sums' [br, bc] tiles of (x, gy)
@@ -342,7 +367,8 @@ def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, sums, res, cotangents):
         sum_gz, sum_gz_xhat = _pallas_sums(tile_sums, x, [x, gy], [mean, rstd, mul, add])
     else:
         sum_gz, sum_gz_xhat = _group_sums(gz, gz * xhat, axes)
-    dx = (mul / count) * (count * gz - sum_gz - xhat * sum_gz_xhat)
+    group_gz, group_gz_xhat = _across_devices((sum_gz, sum_gz_xhat), spread)
+    dx = (mul / count) * (count * gz - group_gz - xhat * group_gz_xhat)
     dx = dx + gmean / count + gvar * (2.0 / count) * centred
     param_axes = (0,) + axes
     c = x.shape[-1]
@@ -427,8 +453,8 @@ def _bn_relu_gemm_wgrad(x, mul, add, gz, dtype):
     return jax.lax.dot_general(y, gz, (((1,), (1,)), ((0,), (0,))), preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9))
-def _bn_relu_conv(x, scale, bias, kernel, epsilon, dtype, sums, strides, padding, gemm_fusion):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8, 9, 10))
+def _bn_relu_conv(x, scale, bias, kernel, epsilon, dtype, sums, strides, padding, gemm_fusion, spread=1):
     """conv(relu(BN(x))) for grouped x, kernel in `dtype`: (z, mean, var). `_bn_train` followed by
     the convolution, except for what the backward keeps: x, not the BN-ReLU output y.
 
@@ -438,17 +464,17 @@ def _bn_relu_conv(x, scale, bias, kernel, epsilon, dtype, sums, strides, padding
     back in the convolution (its automatic GEMM fusion takes the ReLU into the product but not
     the per-channel scale and shift)."""
     return _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, sums, strides, padding,
-                             gemm_fusion)[0]
+                             gemm_fusion, spread)[0]
 
 
-def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, sums, strides, padding, gemm_fusion):
+def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, sums, strides, padding, gemm_fusion, spread):
     fused = _gemm_fusion(_bn_relu_gemm) if _fused_1x1(kernel, strides, padding, gemm_fusion) else None
     if fused is None:
-        (y, mean, var), bn_res = _bn_train_fwd(x, scale, bias, True, epsilon, dtype, False, sums)
+        (y, mean, var), bn_res = _bn_train_fwd(x, scale, bias, True, epsilon, dtype, False, sums, spread)
         z = _conv(y.reshape((-1,) + y.shape[2:]), kernel, strides, padding)
         return (z, mean, var), (*bn_res, kernel)
     # BN's statistics and saved vectors as `_bn_train_fwd` has them; its output is the product's prologue.
-    mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, sums)
+    mean, var, mul, add = _bn_statistics(x, scale, bias, epsilon, sums, spread)
     (g, k), n = (x.shape[0], x.shape[-1]), kernel.shape[-1]
     z = _per_device(lambda lg, xs, f, w: fused(xs[0].reshape(lg, -1, k), *f, *w, dtype=dtype).reshape(-1, n),
                     g, [x.reshape(-1, k)], [mul.reshape(g, 1, k), add.reshape(g, 1, k)], [kernel.reshape(k, n)])
@@ -456,7 +482,7 @@ def _bn_relu_conv_fwd(x, scale, bias, kernel, epsilon, dtype, sums, strides, pad
     return (z.reshape((-1,) + x.shape[2:-1] + (n,)), mean, var), (x, stats, kernel)
 
 
-def _bn_relu_conv_bwd(epsilon, dtype, sums, strides, padding, gemm_fusion, res, cotangents):
+def _bn_relu_conv_bwd(epsilon, dtype, sums, strides, padding, gemm_fusion, spread, res, cotangents):
     """The convolution's gradients from y recomputed (one elementwise pass over x, which the BN
     gradient reads anyway; with `gemm_fusion`, inside the weight gradient's product), then
     `_bn_train`'s backward."""
@@ -477,7 +503,7 @@ def _bn_relu_conv_bwd(epsilon, dtype, sums, strides, padding, gemm_fusion, res, 
         gkernel = gkernel.sum(0).astype(kernel.dtype).reshape(kernel.shape)
         gy = jax.lax.dot_general(gz.reshape(-1, n), kernel.reshape(k, n), (((1,), (1,)), ((), ())),
                                  preferred_element_type=jnp.float32).astype(gz.dtype)
-    dx, dscale, dbias = _bn_train_bwd(True, epsilon, dtype, False, sums, (x, stats),
+    dx, dscale, dbias = _bn_train_bwd(True, epsilon, dtype, False, sums, spread, (x, stats),
                                       (gy.reshape(x.shape), gmean, gvar))
     return dx, dscale, dbias, gkernel
 
@@ -661,19 +687,21 @@ class BatchNorm(nn.Module):
             return y if conv is None else _conv(y, conv[0].astype(self.dtype), *conv[1:])
 
         n = x.shape[0]
-        g = self.group_size if 0 < self.group_size < n else n
-        if n % g:
-            raise ValueError(f"bn_group_size={g} does not divide the batch of {n} examples")
+        total = n * _explicit_devices()  # the batch: in the explicit data-parallel step, all devices'
+        group = self.group_size if 0 < self.group_size < total else total
+        g, spread = min(group, n), max(1, group // n)  # spread: devices one group spans
+        if n % g or group % g:
+            raise ValueError(f"bn_group_size={group} does not divide the batch of {total} examples")
         grouped = x.reshape((n // g, g) + x.shape[1:])
         if conv is None:
             y, mean, var = _bn_train(grouped, scale, bias, self.relu, self.epsilon, jnp.dtype(self.dtype),
-                                     self.recompute_mask, self._sums())
+                                     self.recompute_mask, self._sums(), spread)
             y = y.reshape((-1,) + y.shape[2:])
         else:
             kernel, strides, padding = conv
             y, mean, var = _bn_relu_conv(grouped, scale, bias, kernel.astype(self.dtype), self.epsilon,
                                          jnp.dtype(self.dtype), self._sums(), strides, padding,
-                                         self.conv1x1_fusion)
+                                         self.conv1x1_fusion, spread)
         if not self.is_initializing():
             axes = tuple(range(grouped.ndim - 1))
             m = self.momentum

@@ -379,6 +379,7 @@ STEP_SCRIPT = textwrap.dedent("""
     out = {"1dev": run(one, 0), "4dev": run(four, 0), "1dev_g8": run(one, 8), "1dev_g2": run(one, 2),
            "4dev_g2": run(four, 2), "1dev_g4": run(one, 4), "4dev_g4": run(four, 4), "4dev_g64": run(four, 64),
            "4dev_auto": run(four, 0, auto_layouts=True), "4dev_g2_explicit": run(four, 2, explicit=True),
+           "4dev_explicit": run(four, 0, explicit=True), "4dev_g4_explicit": run(four, 4, explicit=True),
            "4dev_g1_aug": run(four, 1, augmented=True), "4dev_g1_aug_explicit": run(four, 1, explicit=True, augmented=True)}
     json.dump(out, open(sys.argv[1], "w"))
 """)
@@ -403,26 +404,17 @@ def test_one_device_and_four_devices_give_the_same_steps(step_runs):
 
 def test_explicit_data_parallel_gives_the_sharded_steps(step_runs):
     """config.explicit_data_parallel (each device its share of the batch in a shard_map, one float32
-    all-reduce of the gradients and BN statistics): the sharded step's losses and state, on plain
-    float batches and on CIFAR's augmented path (each device's crops and flips its rows of the
-    whole batch's draws: drawn per device, they would differ from the sharded step's)."""
-    for sharded, explicit in (("4dev_g2", "4dev_g2_explicit"), ("4dev_g1_aug", "4dev_g1_aug_explicit")):
-        np.testing.assert_allclose(step_runs[explicit]["losses"], step_runs[sharded]["losses"], rtol=1e-5)
-        np.testing.assert_allclose(step_runs[explicit]["state"], step_runs[sharded]["state"], rtol=1e-4, atol=1e-6)
+    all-reduce of the gradients and BN statistics): the sharded step's losses and state, with BN
+    groups within a device (2 examples), across two devices (4) and over all four (the batch), on
+    plain float batches, and on CIFAR's augmented path (each device's crops and flips its rows of
+    the whole batch's draws: drawn per device, they would differ from the sharded step's)."""
+    for sharded, explicit in (("4dev_g2", "4dev_g2_explicit"), ("4dev_g4", "4dev_g4_explicit"),
+                              ("4dev", "4dev_explicit"), ("4dev_g1_aug", "4dev_g1_aug_explicit")):
+        np.testing.assert_allclose(step_runs[explicit]["losses"], step_runs[sharded]["losses"], rtol=1e-5,
+                                   err_msg=explicit)
+        np.testing.assert_allclose(step_runs[explicit]["state"], step_runs[sharded]["state"], rtol=1e-4, atol=1e-6,
+                                   err_msg=explicit)
     assert len(set(step_runs["4dev_g1_aug"]["losses"])) == 3
-
-
-def test_explicit_data_parallel_says_what_it_needs():
-    c = config_lib.default()
-    c.explicit_data_parallel, c.batch_size = True, 128
-    config_lib.validate(c, num_devices=1)  # one device: BN over the whole batch is the device's
-    with pytest.raises(ValueError, match=r"explicit_data_parallel=True computes BN on each device's own examples.*"
-                       r"divisor of the per-device batch 64 \(it is 0, the global batch\)"):
-        config_lib.validate(c, num_devices=2)
-    c.bn_group_size = 64
-    config_lib.validate(c, num_devices=2)
-    with pytest.raises(ValueError, match=r"per-device batch 32 \(it is 64\)"):
-        config_lib.validate(c, num_devices=4)
 
 
 def test_auto_param_layouts_on_four_devices_give_the_same_steps(step_runs):
