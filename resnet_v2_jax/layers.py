@@ -274,11 +274,12 @@ def _across_devices(sums, spread: int):
         return sums
     mesh = jax.sharding.get_abstract_mesh()
     axes, devices = tuple(mesh.axis_names), mesh.size
-    if spread == devices:
-        return jax.lax.psum(sums, axes)
     index = jax.lax.axis_index(axes) // spread
-    return jax.tree.map(lambda v: jax.lax.all_gather(v, axes).reshape((devices // spread, spread) + v.shape).sum(1)[index],
-                        sums)
+    # Gathered, not psum'd: XLA's GPU compiler concatenates a psum's operands into one buffer and
+    # cuts them out again, 3 kernels more a psum (ResNet-50 on two H200s: 1,525 launches against
+    # 1,213 sharded); the gather is the form XLA's partitioner gives the sharded step's BN sums.
+    every = jax.lax.all_gather(sums, axes)
+    return jax.tree.map(lambda v: v.reshape((devices // spread, spread) + v.shape[1:]).sum(1)[index], every)
 
 
 def _bn_statistics(x, scale, bias, epsilon, sums, spread=1):
