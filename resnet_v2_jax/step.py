@@ -298,8 +298,8 @@ def compile_steps(task: Task, mesh: Mesh, auto_layouts: bool = False, explicit: 
                              check_vma=False)
 
     def on_mesh(state, batch, train_images=None):
-        # traced with the mesh as the context mesh: a layer that shards by hand reads it there
-        # (model.bn_pallas_sums' kernel runs in a shard_map over the batch)
+        # traced with the mesh as the context mesh: layers that place kernels per device read it
+        # there (layers._per_device, layers._explicit_devices)
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             return step(state, batch, train_images)
 

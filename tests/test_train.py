@@ -343,15 +343,20 @@ def test_quickstart_reaches_95_percent_on_real_digits(tmp_path, digits_dir, monk
 STEP_SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
-    from resnet_v2_jax import augment, config as config_lib, step
+    from resnet_v2_jax import augment, column_sums, config as config_lib, layers, step
 
     assert jax.device_count() == 4, jax.devices()
+    column_sums.PLATFORMS.add("cpu")  # model.bn_pallas_sums: the Pallas kernel under Pallas's interpreter
+    layers.GEMM_FUSION_PLATFORMS.add("cpu")  # model.conv1x1_fusion: the fused products as plain products
 
-    def run(devices, group, steps=3, auto_layouts=False, explicit=False, augmented=False):
+    def run(devices, group, steps=3, auto_layouts=False, explicit=False, augmented=False, lever=None,
+            block="basic", depth=8):
         c = config_lib.default()
         c.dataset, c.image_size = "synthetic", 8
-        c.model.depth, c.model.block, c.model.width = 8, "basic", 0.25
+        c.model.depth, c.model.block, c.model.width = depth, block, 0.25
         c.batch_size, c.bn_group_size, c.explicit_data_parallel = 8, group, explicit
+        if lever:
+            c.model[lever] = True
         config_lib.validate(c, num_devices=len(devices))
         # augmented: CIFAR's path, images gathered from an on-device train set and pad-cropped, flipped
         task = step.make_task(c, (8, 8, 3), augment.MEAN_STD["cifar10"] if augmented else None, augmented)
@@ -373,14 +378,22 @@ STEP_SCRIPT = textwrap.dedent("""
             state, metrics = train_fn(state, batch, images)
             losses.append(float(metrics["loss"]))
         leaves = [np.asarray(x).ravel() for x in jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))]
-        return {"losses": losses, "state": np.concatenate(leaves).tolist()}
+        program = str(train_fn.trace(state, batch, images).jaxpr) if lever else ""
+        return {"losses": losses, "state": np.concatenate(leaves).tolist(),
+                "kernels": program.count("pallas_call"), "shard_maps": program.count("shard_map")}
 
     one, four = jax.devices()[:1], jax.devices()
     out = {"1dev": run(one, 0), "4dev": run(four, 0), "1dev_g8": run(one, 8), "1dev_g2": run(one, 2),
            "4dev_g2": run(four, 2), "1dev_g4": run(one, 4), "4dev_g4": run(four, 4), "4dev_g64": run(four, 64),
            "4dev_auto": run(four, 0, auto_layouts=True), "4dev_g2_explicit": run(four, 2, explicit=True),
            "4dev_explicit": run(four, 0, explicit=True), "4dev_g4_explicit": run(four, 4, explicit=True),
-           "4dev_g1_aug": run(four, 1, augmented=True), "4dev_g1_aug_explicit": run(four, 1, explicit=True, augmented=True)}
+           "4dev_g1_aug": run(four, 1, augmented=True), "4dev_g1_aug_explicit": run(four, 1, explicit=True, augmented=True),
+           "4dev_g1": run(four, 1)}
+    # the hand-placed kernels, each BN group layout: the batch one group, 2 across 2 devices, 2 a device
+    for suffix, group in (("", 0), ("_g4", 4), ("_g1", 1)):
+        out[f"4dev{suffix}_pallas"] = run(four, group, lever="bn_pallas_sums")
+        out[f"4dev{suffix}_bottleneck"] = run(four, group, block="bottleneck", depth=11)
+        out[f"4dev{suffix}_fusion"] = run(four, group, lever="conv1x1_fusion", block="bottleneck", depth=11)
     json.dump(out, open(sys.argv[1], "w"))
 """)
 
@@ -390,7 +403,7 @@ def step_runs(tmp_path_factory):
     """Losses and final state after 3 train steps, global batch 8, on meshes of 1 and 4 CPU devices."""
     path = tmp_path_factory.mktemp("steps") / "out.json"
     subprocess.run([sys.executable, "-c", STEP_SCRIPT, str(path)], cwd=REPO, env=child_env(4), check=True,
-                   timeout=300)
+                   timeout=600)
     return json.loads(path.read_text())
 
 
@@ -415,6 +428,24 @@ def test_explicit_data_parallel_gives_the_sharded_steps(step_runs):
         np.testing.assert_allclose(step_runs[explicit]["state"], step_runs[sharded]["state"], rtol=1e-4, atol=1e-6,
                                    err_msg=explicit)
     assert len(set(step_runs["4dev_g1_aug"]["losses"])) == 3
+
+
+@pytest.mark.parametrize("lever,baseline,shard_maps", [
+    ("pallas", "", 14),  # model.bn_pallas_sums: 7 BNs, forward and backward sums
+    ("fusion", "_bottleneck", 6),  # model.conv1x1_fusion: 3 fused 1x1 convs, forward and weight gradient
+])
+def test_hand_placed_kernels_on_four_devices_run_per_device_and_train_as_without(step_runs, lever, baseline,
+                                                                                  shard_maps):
+    """model.bn_pallas_sums and model.conv1x1_fusion on 4 devices: each kernel runs in a shard_map
+    over the batch (layers._per_device; XLA's partitioner cannot split a custom call and would
+    gather the batch onto every device), each device on its own rows and its own groups' factors or
+    its group's, and 3 steps give the losses and state of the network without the lever, whichever
+    way the BN groups lie across the devices."""
+    for suffix in ("", "_g4", "_g1"):
+        got, want = step_runs[f"4dev{suffix}_{lever}"], step_runs[f"4dev{suffix}{baseline or ''}"]
+        assert got["shard_maps"] == shard_maps and got["kernels"] == (shard_maps if lever == "pallas" else 0)
+        np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-5, err_msg=suffix)
+        np.testing.assert_allclose(got["state"], want["state"], rtol=1e-4, atol=1e-6, err_msg=suffix)
 
 
 def test_auto_param_layouts_on_four_devices_give_the_same_steps(step_runs):
