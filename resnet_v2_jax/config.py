@@ -120,7 +120,8 @@ def default() -> ml_collections.ConfigDict:
     # (column_sums.py): [rows, 128-column] slabs per program read as ~4096-value tiles, where XLA's
     # reductions ran BN's sums at 0.6-3.5 TB/s in the H200's ResNet-50 profile (2026-11-28; its
     # elementwise passes reach 3.9-4.4). XLA's count for an H200 (deviceless, JAX 0.11.2): ResNet-50
-    # 950 -> 951 kernels, 85.8 -> 79.6 GB. Not timed on a GPU yet (bench/gpu_levers.sh). On
+    # 950 -> 951 kernels, 85.8 -> 79.6 GB. On one H200 (2026-11-28, session 21): ResNet-50 8,346 ->
+    # 8,750 images/s; on by default for the ImageNet family (`imagenet`), not timed on CIFAR. On
     # several devices each runs it on its own rows (a shard_map); off a GPU, XLA's sums.
     m.bn_pallas_sums = False
     # A BN-ReLU whose only consumer is the next convolution runs with it as one op whose backward
@@ -152,7 +153,8 @@ def default() -> ml_collections.ConfigDict:
     # bfloat16 (a pixel's channels a multiple of 16 bytes; the kernel gets zero rows): the same
     # result. In the H200's ResNet-50 profile (2026-11-28) cuDNN padded the 12-channel operands
     # itself (four padding kernels, 0.25 ms a step) and ran one sm80 CUTLASS convolution (0.44 ms).
-    # Not yet timed on a GPU (bench/gpu_levers.sh times it beside the default). Off until it is.
+    # On one H200 (2026-11-28, session 21): ResNet-50 8,346 -> 8,382 images/s alone; on by default
+    # for the ImageNet family (`imagenet`), with the two levers it pays beside.
     m.stem_align_channels = False
     m.zero_init_last = False  # zero-init each unit's last layer (timm option; not the paper's)
 
@@ -193,8 +195,10 @@ def default() -> ml_collections.ConfigDict:
     # The state's conv kernels (and their momentum) in layouts XLA picks for the train step, where
     # it otherwise transposes them into cuDNN's layout every step (step.compile_steps). Counted for
     # an H200 without one (2026-11-28): ResNet-50 950 -> 856 launches, 112 -> 33 transposes; its
-    # profile gave those transposes 0.76 ms of 30.9. Not yet timed on a GPU (bench/gpu_levers.sh);
-    # training with it saves checkpoints from those layouts, not yet run on a GPU. Off until then.
+    # profile gave those transposes 0.76 ms of 30.9. On one H200 (2026-11-28, session 21): ResNet-50
+    # 8,346 -> 8,399 images/s alone; on by default for the ImageNet family (`imagenet`). Checkpoints
+    # save from and restore into those layouts (tested with the H200's conv layout on a CPU;
+    # training with it has not run on a GPU). Not timed on CIFAR, whose steps are launch-bound.
     c.auto_param_layouts = False
     # On several devices, the train step as explicit data parallelism: each device runs the network
     # on its share of the batch, and the gradients, BN statistics and metrics are averaged in one
@@ -248,6 +252,12 @@ def imagenet(depth: int, paper_error: float, augment: str, eval_size: int) -> ml
     c.num_train_steps = 90 * DATASET_INFO["imagenet2012"]["num_train"] // 256
     c.eval_every_steps, c.checkpoint_every_steps = 5000, 2500
     c.xla_flags = ""  # GPU-bound: command buffers cost ResNet-50 8% on an H200 (default()'s comment)
+    # The three levers prepared in session 19, timed on one H200 (bf16, batch 256, 2026-11-28,
+    # session 21, one process, steps back to back; bench/gpu_2026-11-28b/): ResNet-50 8,346 img/s
+    # without them, 8,750 with bn_pallas_sums, 8,382 with stem_align_channels, 8,399 with
+    # auto_param_layouts, 8,916 with all three (8,938 in a second process), 11.1 -> 9.4 GiB.
+    # Off a GPU bn_pallas_sums leaves XLA's sums; the other two are exact (zero channels, layouts).
+    c.model.bn_pallas_sums = c.model.stem_align_channels = c.auto_param_layouts = True
     return c
 
 
