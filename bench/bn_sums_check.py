@@ -9,7 +9,7 @@ cannot hoist the sum out of the loop); time per sum = (time(reps + 1) - time(1))
 host's dispatch is not in it. One JSON line per (shape, pass, implementation); the kernel's lines
 carry `max_rel_diff`, its sums against XLA's (relative to the largest; float32 rounding is ~1e-6).
 
-    python bench/bn_sums_check.py [--batch=256] [--reps=50] [--variants=default,tile8k_w8] [--deadline_s=S]
+    python bench/bn_sums_check.py [--batch=256] [--reps=50] [--variants=tile4k_w4,tile8k_w8] [--deadline_s=S]
 
 On a CPU (plumbing only: the kernel under Pallas's interpreter), e.g. `--batch=2 --reps=2 --shapes=7x64`.
 """
@@ -29,9 +29,10 @@ sys.path.insert(0, str(ROOT))
 # reductions of that shape lost against 4 TB/s in the 2026-11-28 profile (the deadline cuts the tail)
 SHAPES = ["14x1024", "14x256", "28x512", "56x256", "28x128", "7x2048", "7x512", "56x64", "28x256",
           "56x128", "14x512", "7x1024"]
-# column_sums constants per variant: (TILE_VALUES, NUM_WARPS, TARGET_PROGRAMS)
-VARIANTS = {"default": None, "tile8k_w8": (8192, 8, 528), "tile2k_w4": (2048, 4, 528),
-            "programs1k": (4096, 4, 1056), "programs264": (4096, 4, 264)}
+# column_sums.Tiling per variant: (values a tile, warps a program, target programs)
+VARIANTS = {"tile4k_w4": (4096, 4, 528), "tile8k_w8": (8192, 8, 528), "tile8k_w4": (8192, 4, 528),
+            "tile16k_w8": (16384, 8, 528), "tile2k_w4": (2048, 4, 528), "programs1k": (4096, 4, 1056),
+            "programs264": (4096, 4, 264)}
 
 
 def main(argv=None) -> int:
@@ -39,7 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--shapes", default=",".join(SHAPES))
-    p.add_argument("--variants", default="default,tile8k_w8")
+    p.add_argument("--variants", default="tile4k_w4,tile8k_w8,tile8k_w4,tile16k_w8",
+                   help=f"of {', '.join(VARIANTS)}; each line says whether it is its pass's tiling (default)")
     p.add_argument("--deadline_s", type=float, default=1e9, help="stop starting shapes after this many seconds")
     args = p.parse_args(argv)
 
@@ -51,7 +53,6 @@ def main(argv=None) -> int:
     gpu = jax.default_backend() == "gpu"
     if not gpu:
         column_sums.PLATFORMS = column_sums.PLATFORMS | {jax.default_backend()}
-    defaults = (column_sums.TILE_VALUES, column_sums.NUM_WARPS, column_sums.TARGET_PROGRAMS)
     dtype = jnp.bfloat16
     start = time.perf_counter()
 
@@ -102,27 +103,27 @@ def main(argv=None) -> int:
                                          ("backward", backward_xla, (x, gy, v), 2 * rows * c * 2)):
             rows_out = []
             want = jax.jit(fn)(*arrays)
-            impls = [("xla", fn)]
+            impls = [("xla", fn, None)]
+            own = column_sums.FORWARD if name == "forward" else column_sums.BACKWARD
             for variant in args.variants.split(","):
-                def pallas(*a, name=name):
+                tiling = column_sums.Tiling(*VARIANTS[variant])
+
+                def pallas(*a, name=name, tiling=tiling):
                     if name == "forward":
                         return column_sums.column_sums(lambda t, _: (t[0], t[0] * t[0]), [a[0]], (), 1,
-                                                       interpret=not gpu)
-                    return column_sums.column_sums(masked_tiles, [a[0], a[1]], list(a[2]), 1, interpret=not gpu)
-                impls.append((f"pallas:{variant}", pallas))
-            for impl, f in impls:
-                variant = impl.split(":")[1] if ":" in impl else None
-                consts = VARIANTS.get(variant) or defaults
-                column_sums.TILE_VALUES, column_sums.NUM_WARPS, column_sums.TARGET_PROGRAMS = consts
+                                                       not gpu, tiling)
+                    return column_sums.column_sums(masked_tiles, [a[0], a[1]], list(a[2]), 1, not gpu, tiling)
+                impls.append((f"pallas:{variant}", pallas, tiling))
+            for impl, f, tiling in impls:
                 row = {"shape": f"{args.batch}x{shape}", "rows": rows, "channels": c, "pass": name, "impl": impl}
-                if impl != "xla":
-                    plan = column_sums.plan(rows, c)
-                    row["plan"] = plan
+                if tiling is not None:
+                    plan = column_sums.plan(rows, c, 1, tiling)
+                    row |= {"plan": plan, "default": tiling == own}
                     if plan is None:
                         rows_out.append(row | {"error": "no plan"})
                         continue
                 try:
-                    if impl != "xla":  # the sums themselves, against XLA's (float32 rounding: ~1e-6)
+                    if tiling is not None:  # the sums themselves, against XLA's (float32 rounding: ~1e-6)
                         got = jax.jit(f)(*arrays)
                         row["max_rel_diff"] = max(
                             float(jnp.max(jnp.abs(g.ravel() - w.ravel())) / (jnp.max(jnp.abs(w)) + 1e-30))
@@ -132,7 +133,6 @@ def main(argv=None) -> int:
                 except Exception as e:  # noqa: BLE001 - one failing variant must not cost the others
                     row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
                 rows_out.append(row)
-            column_sums.TILE_VALUES, column_sums.NUM_WARPS, column_sums.TARGET_PROGRAMS = defaults
             for row in rows_out:
                 print(json.dumps(row | {"device": jax.devices()[0].device_kind, "jax": jax.__version__}), flush=True)
     return 0

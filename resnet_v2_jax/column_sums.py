@@ -10,15 +10,18 @@ float32 accumulator tiles, summed once at the end. It writes one partial sum per
 channel; XLA adds the partials up (its second reduction kernel today, so the kernel count stays).
 
 `column_sums` takes the elementwise work to sum (`fn`) as a Python function of the loaded tiles, so
-BN's forward (x, x^2) and backward (the masked gradient and its product with x-hat) share it. Not
-timed on a GPU yet: bench/gpu_levers.sh times it beside XLA's sums. On a CPU (tests) it runs under
-Pallas's interpreter when "cpu" is in PLATFORMS; elsewhere `plan` returns None and BN keeps XLA's sums.
+BN's forward (x, x^2) and backward (the masked gradient and its product with x-hat) share it, each
+with its own `Tiling`. On one H200 (2026-11-28, session 21) ResNet-50's step ran 8,346 -> 8,750
+images/s with this kernel, and 8,916-8,964 with the two other ImageNet levers (BENCHMARKS.md). On a
+CPU (tests) it runs under Pallas's interpreter when "cpu" is in PLATFORMS; elsewhere `plan` returns
+None and BN keeps XLA's sums.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -26,36 +29,50 @@ import jax.numpy as jnp
 # Platforms whose backend compiles the kernel (Triton: CUDA and ROCm GPUs). Tests add "cpu", where the
 # kernel runs under Pallas's interpreter: the same program, op by op.
 PLATFORMS = {"gpu"}
-TILE_VALUES = 4096  # values in one [br, bc] tile: 32 per thread of 4 warps, two float32 accumulators
 MAX_COLUMNS = 128  # bc: 256 bytes of bfloat16 per tile row
-TARGET_PROGRAMS = 528  # 4 per streaming multiprocessor of an H100/H200 (132)
-NUM_WARPS = 4  # (bench/bn_sums_check.py times other tile sizes, warps and program counts)
+
+
+class Tiling(NamedTuple):
+    """How a pass reads its columns: `values` in one [br, bc] tile, `warps` a program, and about
+    `programs` programs (528: 4 per streaming multiprocessor of an H100/H200, 132)."""
+    values: int
+    warps: int
+    programs: int
+
+
+# bench/bn_sums_check.py on one H200 (2026-11-28, session 21, ResNet-50's 12 BN shapes at batch 256,
+# bench/gpu_2026-11-28b/levers/bn_sums.jsonl): the forward's one array (x) ran fastest as 4096-value
+# tiles of 4 warps in 7 of the 12 shapes; the backward's two (x, gy) as 8192-value tiles of 8 warps
+# in 10 (e.g. 56x56x256: 284 -> 232 us, 14x14x1024: 99 -> 80 us; ~0.5 ms a step summed over the
+# network's BNs, not yet timed in the whole step).
+FORWARD = Tiling(4096, 4, 528)  # 32 values per thread, two float32 accumulators
+BACKWARD = Tiling(8192, 8, 528)
 
 
 def _pow2_divisor(n: int) -> int:
     return n & -n
 
 
-def plan(rows: int, channels: int, groups: int = 1) -> tuple[int, int, int] | None:
+def plan(rows: int, channels: int, groups: int = 1, tiling: Tiling = FORWARD) -> tuple[int, int, int] | None:
     """(bc, br, iterations) for sums over `rows` rows (per group) of `channels` columns: programs read
     [br * iterations, bc] slabs. None where the kernel does not fit: channels not a power of two
     (Triton tiles are), or rows with no even factor."""
     if channels < 1 or channels & (channels - 1) or rows < 2:
         return None
     bc = min(channels, MAX_COLUMNS)
-    br = min(TILE_VALUES // bc, _pow2_divisor(rows))
+    br = min(tiling.values // bc, _pow2_divisor(rows))
     if br < 2:
         return None
     steps = rows // br
     per_row_group = groups * (channels // bc)
-    # the iteration count dividing `steps` whose program count is nearest TARGET_PROGRAMS (in ratio)
+    # the iteration count dividing `steps` whose program count is nearest tiling.programs (in ratio)
     divisors = [d for d in range(1, steps + 1) if steps % d == 0]
-    its = min(divisors, key=lambda d: abs(math.log(per_row_group * (steps // d) / TARGET_PROGRAMS)))
+    its = min(divisors, key=lambda d: abs(math.log(per_row_group * (steps // d) / tiling.programs)))
     return bc, br, its
 
 
 def column_sums(fn: Callable, arrays: Sequence[jax.Array], vectors: Sequence[jax.Array] = (),
-                groups: int = 1, interpret: bool = False) -> tuple[jax.Array, jax.Array]:
+                groups: int = 1, interpret: bool = False, tiling: Tiling = FORWARD) -> tuple[jax.Array, jax.Array]:
     """(sum a, sum b) over the rows of each group, float32 (groups, C), where (a, b) = fn(tiles, vecs)
     elementwise: `tiles` the float32 [br, bc] tiles of `arrays` (each (groups * rows, C)), `vecs`
     the `vectors` (each (groups, C): per-group, per-channel factors) as float32 [1, bc]. The caller
@@ -67,7 +84,7 @@ def column_sums(fn: Callable, arrays: Sequence[jax.Array], vectors: Sequence[jax
 
     total, c = arrays[0].shape
     rows = total // groups
-    bc, br, its = plan(rows, c, groups)
+    bc, br, its = plan(rows, c, groups, tiling)
     slab = br * its
     per_group = rows // slab
     programs = groups * per_group
@@ -95,7 +112,7 @@ def column_sums(fn: Callable, arrays: Sequence[jax.Array], vectors: Sequence[jax
     if not interpret:
         from jax.experimental.pallas import triton as plgpu
 
-        kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=3)
+        kwargs["compiler_params"] = plgpu.CompilerParams(num_warps=tiling.warps, num_stages=3)
     s, ss = pl.pallas_call(
         kernel, grid=(programs, c // bc), in_specs=in_specs,
         out_specs=[pl.BlockSpec((1, bc), lambda p, q: (p, q))] * 2, out_shape=[out, out],

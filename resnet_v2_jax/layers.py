@@ -225,14 +225,14 @@ def _per_device(fn, groups: int, rows, per_group=(), whole=()):
         *rows, *per_group, *whole)
 
 
-def _pallas_plan(x):
+def _pallas_plan(x, tiling):
     """`column_sums.plan` for grouped x (G, g, ..., C), per device (`_batch_mesh`), where the traced
     platform compiles the kernel; else None (XLA's sums)."""
     if not pallas_sums_available():
         return None
     mesh = _batch_mesh()
     local = _local_groups(x.shape[0], math.prod(x.shape[1:-1]), mesh.size if mesh else 1)
-    return local and column_sums.plan(local[1], x.shape[-1], local[0])
+    return local and column_sums.plan(local[1], x.shape[-1], local[0], tiling)
 
 
 def pallas_sums_available() -> bool:
@@ -240,13 +240,13 @@ def pallas_sums_available() -> bool:
     return _platform() in column_sums.PLATFORMS
 
 
-def _pallas_sums(fn, x, arrays, vectors=()):
+def _pallas_sums(fn, x, arrays, vectors, tiling):
     """`column_sums.column_sums` over grouped x's rows, kept dims as `_group_sums` returns them. On
     several devices each sums its own groups, or its share of one (`_per_device`), and XLA adds the
     shares across devices (an all-gather of (devices, C) floats, as for its own sums)."""
     g, c = x.shape[0], x.shape[-1]
     interpret = _platform() != "gpu"
-    sa, sb = _per_device(lambda lg, rows, vecs, _: column_sums.column_sums(fn, rows, vecs, lg, interpret=interpret),
+    sa, sb = _per_device(lambda lg, rows, vecs, _: column_sums.column_sums(fn, rows, vecs, lg, interpret, tiling),
                          g, [a.reshape(-1, c) for a in arrays], [v.reshape(g, c) for v in vectors])
     if sa.shape[0] != g:  # each group's shares, on consecutive devices
         sa, sb = _group_sums(sa.reshape(g, -1, c), sb.reshape(g, -1, c), (1,))
@@ -291,8 +291,8 @@ def _bn_statistics(x, scale, bias, epsilon, sums, spread=1):
     explicit data-parallel step (`_across_devices`)."""
     axes = tuple(range(1, x.ndim - 1))
     count = math.prod(x.shape[a] for a in axes) * spread
-    if sums == "pallas" and _pallas_plan(x):
-        s, ss = _pallas_sums(lambda t, v: (t[0], t[0] * t[0]), x, [x])
+    if sums == "pallas" and _pallas_plan(x, column_sums.FORWARD):
+        s, ss = _pallas_sums(lambda t, v: (t[0], t[0] * t[0]), x, [x], (), column_sums.FORWARD)
     else:
         xf = x.astype(jnp.float32)
         s, ss = (_partial_sums if sums == "partials" else _group_sums)(xf, xf * xf, axes)
@@ -360,12 +360,12 @@ def _bn_train_bwd(relu, epsilon, dtype, recompute_mask, sums, spread, res, cotan
     axes = tuple(range(1, x.ndim - 1))
     count = math.prod(x.shape[a] for a in axes) * spread
     gz, centred, xhat = _bn_grad_terms(x, gy, mean, rstd, mul, add, relu, dtype)
-    if sums == "pallas" and _pallas_plan(x):
+    if sums == "pallas" and _pallas_plan(x, column_sums.BACKWARD):
         def tile_sums(t, v):  # the same terms on column_sums' [br, bc] tiles of (x, gy)
             g, _, h = _bn_grad_terms(t[0], t[1], *v, relu, dtype)
             return g, g * h
 
-        sum_gz, sum_gz_xhat = _pallas_sums(tile_sums, x, [x, gy], [mean, rstd, mul, add])
+        sum_gz, sum_gz_xhat = _pallas_sums(tile_sums, x, [x, gy], [mean, rstd, mul, add], column_sums.BACKWARD)
     else:
         sum_gz, sum_gz_xhat = _group_sums(gz, gz * xhat, axes)
     group_gz, group_gz_xhat = _across_devices((sum_gz, sum_gz_xhat), spread)

@@ -606,6 +606,25 @@ def test_scan_empty_check_allocates_scan_outputs_uninitialised_on_gpu_and_change
     assert line["impl"] == "ours_scan_empty" and line["scan"] is True and line["loss"] == plain["loss"]
 
 
+def test_bwd_tiling_check_runs_the_benchmark_with_the_forwards_tiling_for_bn_backward(monkeypatch):
+    """bench/bwd_tiling_check.py, the whole-step timing of column_sums.BACKWARD: it runs the
+    benchmark (scan_empty_check.run_marked) after giving BN's backward sums the forward's tiling,
+    which plans ResNet-50's 56x56x256 backward differently, and marks its lines."""
+    from resnet_v2_jax import column_sums
+
+    check = _bench_module("bwd_tiling_check")
+    import scan_empty_check
+
+    seen = []
+    monkeypatch.setattr(scan_empty_check, "run_marked", lambda impl: seen.append((impl, column_sums.BACKWARD)))
+    monkeypatch.setattr(column_sums, "BACKWARD", column_sums.BACKWARD)  # restored after the test
+    check.main()
+    assert seen == [("ours_bwd_tile4k", column_sums.FORWARD)]
+    rows = 256 * 56 * 56
+    assert column_sums.plan(rows, 256, 1, column_sums.FORWARD) == (128, 32, 98)  # bn_sums.jsonl's plans
+    assert column_sums.plan(rows, 256, 1, column_sums.Tiling(8192, 8, 528)) == (128, 64, 49)
+
+
 def test_colour_cost_counts_at_least_the_bytes_the_input_work_must_move():
     """bench/colour_cost.py, the GPU-time estimate of the ImageNet step's on-device input work:
     normalising reads n uint8 bytes and writes 4n float32 bytes; the colour jitter adds passes."""
@@ -836,17 +855,19 @@ def test_bn_sums_check_times_xla_and_the_pallas_kernel_and_checks_their_sums(cap
     check = _bench_module("bn_sums_check")
     platforms = column_sums.PLATFORMS
     try:
-        assert check.main(["--batch=2", "--reps=2", "--shapes=7x64,7x48", "--variants=default,tile8k_w8"]) == 0
+        assert check.main(["--batch=2", "--reps=2", "--shapes=7x64,7x48", "--variants=tile4k_w4,tile8k_w8"]) == 0
     finally:
         column_sums.PLATFORMS = platforms
     lines = json_lines(capsys.readouterr().out)
     assert [(r["shape"], r["pass"], r["impl"]) for r in lines] == [
         (s, p, i) for s in ("2x7x64", "2x7x48") for p in ("forward", "backward")
-        for i in ("xla", "pallas:default", "pallas:tile8k_w8")]
+        for i in ("xla", "pallas:tile4k_w4", "pallas:tile8k_w8")]
     kernel = [r for r in lines if r["impl"] != "xla" and r["channels"] == 64]
     assert len(kernel) == 4 and all(r["max_rel_diff"] < 1e-5 and r["us"] >= 0 for r in kernel), kernel
     assert all(r["error"] == "no plan" for r in lines if r["impl"] != "xla" and r["channels"] == 48)
-    assert column_sums.TILE_VALUES == 4096 and column_sums.NUM_WARPS == 4  # the variants were put back
+    # each pass's own tiling is marked: 4096 values for the forward, 8192 for the backward
+    assert [(r["pass"], r["impl"]) for r in kernel if r["default"]] == [
+        ("forward", "pallas:tile4k_w4"), ("backward", "pallas:tile8k_w8")]
 
 
 def test_auto_layouts_and_explicit_data_parallel_run_the_step_with_the_same_loss():

@@ -119,21 +119,24 @@ def test_batchnorm_with_partial_sums_is_the_same_function_and_gradient(relu):
                                    err_msg=name)
 
 
-@pytest.mark.parametrize("rows,channels,groups,want", [
-    (256 * 56 * 56, 64, 1, (64, 64, 28, 448)),  # ResNet-50 stage 1 at batch 256: 448 programs
-    (256 * 7 * 7, 2048, 1, (128, 32, 14, 448)),  # stage 4: 16 column strips of 28 row slabs
-    (256 * 14 * 14, 256, 2, (128, 32, 14, 448)),  # two BN groups: slabs never straddle them
-    (64 * 8 * 8, 48, 1, None),  # channels not a power of two: XLA's sums
-    (7 * 9, 16, 1, None),  # odd rows: no tile height
+@pytest.mark.parametrize("rows,channels,groups,tiling,want", [
+    (256 * 56 * 56, 64, 1, "FORWARD", (64, 64, 28, 448)),  # ResNet-50 stage 1 at batch 256: 448 programs
+    (256 * 7 * 7, 2048, 1, "FORWARD", (128, 32, 14, 448)),  # stage 4: 16 column strips of 28 row slabs
+    (256 * 14 * 14, 256, 2, "FORWARD", (128, 32, 14, 448)),  # two BN groups: slabs never straddle them
+    (256 * 56 * 56, 256, 1, "BACKWARD", (128, 64, 49, 512)),  # 8192-value tiles, the H200's plan there
+    (256 * 7 * 7, 2048, 1, "BACKWARD", (128, 64, 7, 448)),
+    (64 * 8 * 8, 48, 1, "FORWARD", None),  # channels not a power of two: XLA's sums
+    (7 * 9, 16, 1, "BACKWARD", None),  # odd rows: no tile height
 ])
-def test_pallas_sums_plan_tiles_of_4096_values_into_about_528_programs(rows, channels, groups, want):
-    plan = column_sums.plan(rows, channels, groups)
+def test_pallas_sums_plan_tiles_each_pass_into_about_528_programs(rows, channels, groups, tiling, want):
+    tiling = getattr(column_sums, tiling)
+    plan = column_sums.plan(rows, channels, groups, tiling)
     if want is None:
         assert plan is None
         return
     bc, br, its = plan
     assert (bc, br, its, groups * rows // (br * its) * (channels // bc)) == want
-    assert bc * br <= column_sums.TILE_VALUES and rows % (br * its) == 0
+    assert bc * br <= tiling.values and rows % (br * its) == 0
 
 
 @pytest.fixture
