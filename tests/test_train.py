@@ -481,19 +481,26 @@ def test_bn_groups_spanning_devices_and_groups_beyond_the_batch(step_runs):
 
 @pytest.fixture(scope="module")
 def multiprocess_runs(tmp_path_factory, digits_dir):
-    """main for 4 steps: 2 processes x 2 CPU devices (launch/local.sh), and 1 process x 4 devices."""
+    """main for 4 steps: 2 processes x 2 CPU devices (launch/local.sh), the same with
+    config.explicit_data_parallel, and 1 process x 4 devices."""
     root = tmp_path_factory.mktemp("multiprocess")
-    two, one = root / "two", root / "one"
-    env = child_env(1)
-    env.pop("XLA_FLAGS")
-    env.update(DEVICES_PER_PROCESS="2", LOG_DIR=str(root / "logs"), PORT=str(free_port()), PYTHON=sys.executable)
-    launcher = subprocess.Popen(["bash", os.path.join(REPO, "launch", "local.sh"), "2",
-                                 *main_args(two, digits_dir, num_train_steps=4)],
+    two, explicit, one = root / "two", root / "explicit", root / "one"
+
+    def launch(workdir, **overrides):
+        env = child_env(1)
+        env.pop("XLA_FLAGS")
+        env.update(DEVICES_PER_PROCESS="2", LOG_DIR=str(workdir) + "_logs", PORT=str(free_port()),
+                   PYTHON=sys.executable)
+        return subprocess.Popen(["bash", os.path.join(REPO, "launch", "local.sh"), "2",
+                                 *main_args(workdir, digits_dir, num_train_steps=4, **overrides)],
                                 cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    launchers = [launch(two), launch(explicit, explicit_data_parallel=True)]
     single = run_main(one, digits_dir, devices=4, num_train_steps=4)
-    out_two = finish(launcher)
+    out_two, out_explicit = (finish(p) for p in launchers)
     finish(single)
-    return {"two": str(two), "one": str(one), "out_two": out_two}
+    return {"two": str(two), "explicit": str(explicit), "one": str(one), "out_two": out_two,
+            "out_explicit": out_explicit}
 
 
 def test_two_processes_match_one_process_with_four_devices(multiprocess_runs):
@@ -503,6 +510,18 @@ def test_two_processes_match_one_process_with_four_devices(multiprocess_runs):
     np.testing.assert_allclose([m["loss"] for m in two], [m["loss"] for m in one], rtol=1e-4)
     test_two, test_one = read_metrics(multiprocess_runs["two"], "test"), read_metrics(multiprocess_runs["one"], "test")
     np.testing.assert_allclose(test_two[0]["loss"], test_one[0]["loss"], rtol=1e-4)
+
+
+def test_explicit_data_parallel_across_two_processes_matches_the_sharded_step(multiprocess_runs):
+    """config.explicit_data_parallel over 2 processes x 2 devices: each device's share of the batch,
+    BN over the whole batch (quickstart's bn_group_size 0) through an all-gather that crosses the
+    processes, one pmean of the gradients: the sharded step's losses on one process x 4 devices."""
+    explicit, one = read_metrics(multiprocess_runs["explicit"]), read_metrics(multiprocess_runs["one"])
+    assert [m["step"] for m in explicit] == [1, 2, 3, 4], multiprocess_runs["out_explicit"][-3000:]
+    np.testing.assert_allclose([m["loss"] for m in explicit], [m["loss"] for m in one], rtol=1e-4)
+    test_explicit = read_metrics(multiprocess_runs["explicit"], "test")
+    np.testing.assert_allclose(test_explicit[0]["loss"], read_metrics(multiprocess_runs["one"], "test")[0]["loss"],
+                               rtol=1e-4)
 
 
 def test_only_process_zero_writes_metrics_and_results(multiprocess_runs):
