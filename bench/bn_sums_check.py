@@ -30,9 +30,11 @@ sys.path.insert(0, str(ROOT))
 SHAPES = ["14x1024", "14x256", "28x512", "56x256", "28x128", "7x2048", "7x512", "56x64", "28x256",
           "56x128", "14x512", "7x1024"]
 # column_sums.Tiling per variant: (values a tile, warps a program, target programs)
+# (2026-11-28, session 21: the 14x14 and 7x7 shapes, 12-25 MB an array, ran at 0.7-2 TB/s in every
+# tiling of 528 programs, so the `_p1k` variants try twice the programs there.)
 VARIANTS = {"tile4k_w4": (4096, 4, 528), "tile8k_w8": (8192, 8, 528), "tile8k_w4": (8192, 4, 528),
-            "tile16k_w8": (16384, 8, 528), "tile2k_w4": (2048, 4, 528), "programs1k": (4096, 4, 1056),
-            "programs264": (4096, 4, 264)}
+            "tile16k_w8": (16384, 8, 528), "tile2k_w4": (2048, 4, 528), "tile4k_w4_p1k": (4096, 4, 1056),
+            "tile8k_w8_p1k": (8192, 8, 1056), "programs264": (4096, 4, 264)}
 
 
 def main(argv=None) -> int:
@@ -40,7 +42,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--shapes", default=",".join(SHAPES))
-    p.add_argument("--variants", default="tile4k_w4,tile8k_w8,tile8k_w4,tile16k_w8",
+    p.add_argument("--variants", default="tile4k_w4,tile8k_w8,tile8k_w4,tile4k_w4_p1k,tile8k_w8_p1k",
                    help=f"of {', '.join(VARIANTS)}; each line says whether it is its pass's tiling (default)")
     p.add_argument("--deadline_s", type=float, default=1e9, help="stop starting shapes after this many seconds")
     args = p.parse_args(argv)
