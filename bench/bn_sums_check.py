@@ -8,6 +8,8 @@ Why: the whole-step line says whether the lever pays; this says where, and which
 cannot hoist the sum out of the loop); time per sum = (time(reps + 1) - time(1)) / reps, so the
 host's dispatch is not in it. One JSON line per (shape, pass, implementation); the kernel's lines
 carry `max_rel_diff`, its sums against XLA's (relative to the largest; float32 rounding is ~1e-6).
+Last, a `summary` line per (pass, implementation): the times weighted by how many of ResNet-50's
+BNs have each shape, the microseconds a step would spend on BN's sums that way.
 
     python bench/bn_sums_check.py [--batch=256] [--reps=50] [--variants=tile4k_w4,tile8k_w8] [--deadline_s=S]
 
@@ -17,6 +19,7 @@ On a CPU (plumbing only: the kernel under Pallas's interpreter), e.g. `--batch=2
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
@@ -26,9 +29,37 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 # (spatial size, channels) of ResNet-50's BN inputs, every stage, in the order of the time XLA's
-# reductions of that shape lost against 4 TB/s in the 2026-11-28 profile (the deadline cuts the tail)
+# reductions of that shape lost against 4 TB/s in the 2026-11-28 profile (the deadline cuts the tail).
+# (Until session 21 the list also timed 7x1024, which no BN of ResNet-50 has.)
 SHAPES = ["14x1024", "14x256", "28x512", "56x256", "28x128", "7x2048", "7x512", "56x64", "28x256",
-          "56x128", "14x512", "7x1024"]
+          "56x128", "14x512"]
+
+
+def resnet50_bn_shapes(stages=(3, 4, 6, 3)) -> collections.Counter:
+    """{"SxC": how many of ResNet-50's BNs see an S x S x C input} (224 pixels; stem and max pool
+    leave 56): pre-activation bottleneck units, whose first unit of a stage sees the stage's input
+    in its first BN and in its second (the stride is on the 3x3, config.model.stride_on), then the
+    final BN. So that the per-shape times add up to what a step spends (the `summary` lines)."""
+    counts, size, channels = collections.Counter(), 56, 64
+    for i, units in enumerate(stages):
+        width, out = 64 * 2**i, 256 * 2**i
+        end = size // (1 if i == 0 else 2)
+        counts.update([f"{size}x{channels}", f"{size}x{width}", f"{end}x{width}"])  # the first unit
+        counts.update({f"{end}x{out}": units - 1, f"{end}x{width}": 2 * (units - 1)})
+        size, channels = end, out
+    counts[f"{size}x{channels}"] += 1  # the final BN
+    return counts
+
+
+def summaries(rows: list[dict], counts: collections.Counter) -> list[dict]:
+    """Per (pass, implementation): microseconds a step, each shape's time times its BN count, over
+    the shapes timed (`missing`: those not, e.g. cut by the deadline)."""
+    times = collections.defaultdict(dict)
+    for r in rows:
+        if r.get("us") is not None:
+            times[(r["pass"], r["impl"])][r["shape"].split("x", 1)[1]] = r["us"]
+    return [{"summary": name, "impl": impl, "step_us": round(sum(counts[s] * us for s, us in got.items()), 1),
+             "missing": sorted(set(counts) - set(got))} for (name, impl), got in times.items()]
 # column_sums.Tiling per variant: (values a tile, warps a program, target programs)
 # (2026-11-28, session 21: the 14x14 and 7x7 shapes, 12-25 MB an array, ran at 0.7-2 TB/s in every
 # tiling of 528 programs, so the `_p1k` variants try twice the programs there.)
@@ -91,6 +122,7 @@ def main(argv=None) -> int:
         return max(times[reps + 1] - times[1], 0.0) / reps
 
     key = jax.random.key(0)
+    printed = []
     for shape in args.shapes.split(","):
         if time.perf_counter() - start > args.deadline_s:
             print(json.dumps({"skipped": shape, "reason": "deadline"}), flush=True)
@@ -137,6 +169,9 @@ def main(argv=None) -> int:
                 rows_out.append(row)
             for row in rows_out:
                 print(json.dumps(row | {"device": jax.devices()[0].device_kind, "jax": jax.__version__}), flush=True)
+            printed += rows_out
+    for line in summaries(printed, resnet50_bn_shapes()):  # ResNet-50's shapes at this batch
+        print(json.dumps(line | {"batch": args.batch}), flush=True)
     return 0
 
 

@@ -606,6 +606,20 @@ def test_scan_empty_check_allocates_scan_outputs_uninitialised_on_gpu_and_change
     assert line["impl"] == "ours_scan_empty" and line["scan"] is True and line["loss"] == plain["loss"]
 
 
+def test_bn_sums_check_weights_each_shape_by_resnet50s_bns():
+    """bn_sums_check's step estimate: ResNet-50's 16 bottleneck units have 3 BNs each, plus the final
+    one, 49, over the 11 shapes the check times; a shape's time counts once per BN of that shape."""
+    check = _bench_module("bn_sums_check")
+    counts = check.resnet50_bn_shapes()
+    assert sum(counts.values()) == 3 * 16 + 1 and set(counts) == set(check.SHAPES)
+    assert (counts["56x64"], counts["14x256"], counts["14x1024"], counts["7x2048"]) == (7, 11, 6, 3)
+    rows = [{"shape": "256x14x1024", "pass": "backward", "impl": "xla", "us": 10.0},
+            {"shape": "256x7x2048", "pass": "backward", "impl": "xla", "us": 2.5},
+            {"shape": "256x7x2048", "pass": "backward", "impl": "pallas:x", "error": "no plan"}]
+    (line,) = check.summaries(rows, counts)
+    assert line["step_us"] == 6 * 10.0 + 3 * 2.5 and len(line["missing"]) == 9
+
+
 def test_bwd_tiling_check_runs_the_benchmark_with_the_forwards_tiling_for_bn_backward(monkeypatch):
     """bench/bwd_tiling_check.py, the whole-step timing of column_sums.BACKWARD: it runs the
     benchmark (scan_empty_check.run_marked) after giving BN's backward sums the forward's tiling,
@@ -858,10 +872,13 @@ def test_bn_sums_check_times_xla_and_the_pallas_kernel_and_checks_their_sums(cap
         assert check.main(["--batch=2", "--reps=2", "--shapes=7x64,7x48", "--variants=tile4k_w4,tile8k_w8"]) == 0
     finally:
         column_sums.PLATFORMS = platforms
-    lines = json_lines(capsys.readouterr().out)
+    out = json_lines(capsys.readouterr().out)
+    lines, summary = [r for r in out if "shape" in r], [r for r in out if "summary" in r]
     assert [(r["shape"], r["pass"], r["impl"]) for r in lines] == [
         (s, p, i) for s in ("2x7x64", "2x7x48") for p in ("forward", "backward")
         for i in ("xla", "pallas:tile4k_w4", "pallas:tile8k_w8")]
+    # one summary per (pass, implementation) timed; 7x64 is no ResNet-50 shape, so all 11 are missing
+    assert len(summary) == 6 and all(r["step_us"] == 0 and len(r["missing"]) == 11 for r in summary), summary
     kernel = [r for r in lines if r["impl"] != "xla" and r["channels"] == 64]
     assert len(kernel) == 4 and all(r["max_rel_diff"] < 1e-5 and r["us"] >= 0 for r in kernel), kernel
     assert all(r["error"] == "no plan" for r in lines if r["impl"] != "xla" and r["channels"] == 48)
