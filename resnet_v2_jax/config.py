@@ -122,7 +122,8 @@ def default() -> ml_collections.ConfigDict:
     # elementwise passes reach 3.9-4.4). XLA's count for an H200 (deviceless, JAX 0.11.2): ResNet-50
     # 950 -> 951 kernels, 85.8 -> 79.6 GB. On one H200 (2026-11-28, session 21): ResNet-50 8,346 ->
     # 8,750 images/s; on by default for the ImageNet family (`imagenet`), not timed on CIFAR. On
-    # several devices each runs it on its own rows (a shard_map); off a GPU, XLA's sums.
+    # several devices each runs it on its own rows (a shard_map); off a GPU, and on GPUs before
+    # Ampere or without CUDA (layers.PALLAS_SUMS_MIN_CAPABILITY), XLA's sums.
     m.bn_pallas_sums = False
     # A BN-ReLU whose only consumer is the next convolution runs with it as one op whose backward
     # recomputes the BN-ReLU output from BN's saved input, instead of keeping it: in a scanned stage

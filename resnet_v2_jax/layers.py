@@ -235,9 +235,47 @@ def _pallas_plan(x, tiling):
     return local and column_sums.plan(local[1], x.shape[-1], local[0], tiling)
 
 
+# The oldest CUDA GPUs that run config.model.bn_pallas_sums' kernel: Ampere (8.0), whose Triton code
+# has native bfloat16; timed on an H200 (9.0). An older CUDA GPU, or one that reports no CUDA compute
+# capability (ROCm), keeps XLA's sums: the ImageNet experiments set the lever, and on a V100 or T4
+# the step must still compile.
+PALLAS_SUMS_MIN_CAPABILITY = (8, 0)
+
+
+def _capability(device) -> tuple[int, ...] | None:
+    """A CUDA device's compute capability as (major, minor), from JAX's "9.0" (or a tuple); None if
+    it reports none (ROCm's "gfx90a", a CPU)."""
+    cc = getattr(device, "compute_capability", None)
+    parts = cc if isinstance(cc, (tuple, list)) else str(cc or "").split(".")
+    try:
+        got = tuple(int(p) for p in parts[:2])
+    except ValueError:
+        return None
+    return got if len(got) == 2 else None
+
+
+@functools.cache
+def _pallas_sums_gpu_ok() -> bool:
+    """Whether this process's GPUs run the kernel (PALLAS_SUMS_MIN_CAPABILITY); said once where not.
+    True without a local GPU: bench/gpu_launches.py compiles for an H200 on a CPU machine."""
+    gpus = [d for d in jax.local_devices() if d.platform == "gpu"]
+    if not gpus:
+        return True
+    got = _capability(gpus[0])
+    if got is None or got < PALLAS_SUMS_MIN_CAPABILITY:
+        logging.warning("model.bn_pallas_sums ignored on %s (compute capability %s; the kernel needs a CUDA GPU "
+                        "of %s or later): BN keeps XLA's sums", gpus[0].device_kind,
+                        ".".join(map(str, got)) if got else getattr(gpus[0], "compute_capability", "none"),
+                        ".".join(map(str, PALLAS_SUMS_MIN_CAPABILITY)))
+        return False
+    return True
+
+
 def pallas_sums_available() -> bool:
-    """Whether the platform the network is traced for compiles config.model.bn_pallas_sums' kernel."""
-    return _platform() in column_sums.PLATFORMS
+    """Whether the platform the network is traced for compiles config.model.bn_pallas_sums' kernel
+    (on a GPU: one of PALLAS_SUMS_MIN_CAPABILITY or later)."""
+    platform = _platform()
+    return platform in column_sums.PLATFORMS and (platform != "gpu" or _pallas_sums_gpu_ok())
 
 
 def _pallas_sums(fn, x, arrays, vectors, tiling):

@@ -139,6 +139,38 @@ def test_pallas_sums_plan_tiles_each_pass_into_about_528_programs(rows, channels
     assert bc * br <= tiling.values and rows % (br * its) == 0
 
 
+class _FakeGpu:
+    platform = "gpu"
+
+    def __init__(self, kind, capability):
+        self.device_kind, self.compute_capability = kind, capability
+
+
+@pytest.mark.parametrize("devices,want", [
+    ([_FakeGpu("NVIDIA H200", "9.0")], True),
+    ([_FakeGpu("NVIDIA A100-SXM4-80GB", (8, 0))], True),
+    ([_FakeGpu("Tesla V100-SXM2-16GB", "7.0")], False),  # the ImageNet default must still compile there
+    ([_FakeGpu("AMD Instinct MI250X", "gfx90a")], False),  # no CUDA capability: XLA's sums
+    (None, True),  # no GPU here: compiled for an H200 on this CPU (bench/gpu_launches.py)
+])
+def test_pallas_sums_run_on_cuda_gpus_of_ampere_and_later_else_xla_sums_said_once(monkeypatch, caplog, devices,
+                                                                                   want):
+    """model.bn_pallas_sums, on for the ImageNet experiments: a GPU older than
+    PALLAS_SUMS_MIN_CAPABILITY (8.0) or without a CUDA capability keeps XLA's sums, with one warning."""
+    monkeypatch.setattr(layers, "TARGET_PLATFORM", "gpu")
+    monkeypatch.setattr(jax, "local_devices", lambda: devices if devices is not None else jax.devices("cpu"))
+    layers._pallas_sums_gpu_ok.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            assert [layers.pallas_sums_available() for _ in range(3)] == [want] * 3
+    finally:
+        layers._pallas_sums_gpu_ok.cache_clear()
+    warned = [r.getMessage() for r in caplog.records if "bn_pallas_sums ignored" in r.getMessage()]
+    assert len(warned) == (0 if want else 1), warned
+    if not want:
+        assert devices[0].device_kind in warned[0] and "needs a CUDA GPU of 8.0 or later" in warned[0]
+
+
 @pytest.fixture
 def pallas_on_cpu(monkeypatch):
     """The Pallas kernel's program on this CPU, under Pallas's interpreter."""
