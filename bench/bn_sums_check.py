@@ -33,6 +33,12 @@ sys.path.insert(0, str(ROOT))
 # (Until session 21 the list also timed 7x1024, which no BN of ResNet-50 has.)
 SHAPES = ["14x1024", "14x256", "28x512", "56x256", "28x128", "7x2048", "7x512", "56x64", "28x256",
           "56x128", "14x512"]
+# column_sums.Tiling per variant: (values a tile, warps a program, target programs)
+# (2026-11-28, session 21: the 14x14 and 7x7 shapes, 12-25 MB an array, ran at 0.7-2 TB/s in every
+# tiling of 528 programs, so the `_p1k` variants try twice the programs there.)
+VARIANTS = {"tile4k_w4": (4096, 4, 528), "tile8k_w8": (8192, 8, 528), "tile8k_w4": (8192, 4, 528),
+            "tile16k_w8": (16384, 8, 528), "tile2k_w4": (2048, 4, 528), "tile4k_w4_p1k": (4096, 4, 1056),
+            "tile8k_w8_p1k": (8192, 8, 1056), "programs264": (4096, 4, 264)}
 
 
 def resnet50_bn_shapes(stages=(3, 4, 6, 3)) -> collections.Counter:
@@ -60,12 +66,7 @@ def summaries(rows: list[dict], counts: collections.Counter) -> list[dict]:
             times[(r["pass"], r["impl"])][r["shape"].split("x", 1)[1]] = r["us"]
     return [{"summary": name, "impl": impl, "step_us": round(sum(counts[s] * us for s, us in got.items()), 1),
              "missing": sorted(set(counts) - set(got))} for (name, impl), got in times.items()]
-# column_sums.Tiling per variant: (values a tile, warps a program, target programs)
-# (2026-11-28, session 21: the 14x14 and 7x7 shapes, 12-25 MB an array, ran at 0.7-2 TB/s in every
-# tiling of 528 programs, so the `_p1k` variants try twice the programs there.)
-VARIANTS = {"tile4k_w4": (4096, 4, 528), "tile8k_w8": (8192, 8, 528), "tile8k_w4": (8192, 4, 528),
-            "tile16k_w8": (16384, 8, 528), "tile2k_w4": (2048, 4, 528), "tile4k_w4_p1k": (4096, 4, 1056),
-            "tile8k_w8_p1k": (8192, 8, 1056), "programs264": (4096, 4, 264)}
+
 
 
 def main(argv=None) -> int:

@@ -5,10 +5,10 @@ until session 21: the whole-step side of the backward's 8192-value tiles.
 benchmark's own `main` (same flags, --also runs, output), every line with impl "ours_bwd_tile4k".
 
 Why: bench/bn_sums_check.py timed BN's sums alone on one H200 (2026-11-28, session 21), where the
-backward's two arrays ran fastest as 8192-value tiles of 8 warps in 10 of ResNet-50's 12 shapes,
+backward's two arrays ran faster as 8192-value tiles of 8 warps in 9 of ResNet-50's 11 shapes,
 ~0.5 ms a step summed over the network; `column_sums.BACKWARD` took that tiling untimed in the
 whole step. This line, beside the benchmark's as configured in the same device call, times it.
-Off a GPU BN keeps XLA's sums, so the two lines are the same program (tested).
+Off a GPU BN keeps XLA's sums, so there the two lines are the same program.
 """
 
 from __future__ import annotations

@@ -40,10 +40,10 @@ class Tiling(NamedTuple):
     programs: int
 
 
-# bench/bn_sums_check.py on one H200 (2026-11-28, session 21, ResNet-50's 12 BN shapes at batch 256,
-# bench/gpu_2026-11-28b/levers/bn_sums.jsonl): the forward's one array (x) ran fastest as 4096-value
-# tiles of 4 warps in 7 of the 12 shapes; the backward's two (x, gy) as 8192-value tiles of 8 warps
-# in 10 (e.g. 56x56x256: 284 -> 232 us, 14x14x1024: 99 -> 80 us; ~0.5 ms a step summed over the
+# bench/bn_sums_check.py on one H200 (2026-11-28, session 21, ResNet-50's 11 BN shapes at batch 256,
+# bench/gpu_2026-11-28b/levers/bn_sums.jsonl): the forward's one array (x) ran faster as 4096-value
+# tiles of 4 warps than as 8192 of 8 in 7 of the 11 shapes; the backward's two (x, gy) as 8192-value
+# tiles of 8 warps in 9 (e.g. 56x56x256: 284 -> 232 us, 14x14x1024: 99 -> 80 us; ~0.5 ms a step summed over the
 # network's BNs, not yet timed in the whole step).
 FORWARD = Tiling(4096, 4, 528)  # 32 values per thread, two float32 accumulators
 BACKWARD = Tiling(8192, 8, 528)

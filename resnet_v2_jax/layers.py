@@ -243,12 +243,10 @@ PALLAS_SUMS_MIN_CAPABILITY = (8, 0)
 
 
 def _capability(device) -> tuple[int, ...] | None:
-    """A CUDA device's compute capability as (major, minor), from JAX's "9.0" (or a tuple); None if
-    it reports none (ROCm's "gfx90a", a CPU)."""
-    cc = getattr(device, "compute_capability", None)
-    parts = cc if isinstance(cc, (tuple, list)) else str(cc or "").split(".")
+    """A CUDA device's compute capability as (major, minor), from JAX's "9.0" string (JAX's own
+    cuDNN code reads it so); None if it reports none (ROCm's "gfx90a", a CPU)."""
     try:
-        got = tuple(int(p) for p in parts[:2])
+        got = tuple(int(p) for p in str(getattr(device, "compute_capability", "")).split(".")[:2])
     except ValueError:
         return None
     return got if len(got) == 2 else None

@@ -148,7 +148,7 @@ class _FakeGpu:
 
 @pytest.mark.parametrize("devices,want", [
     ([_FakeGpu("NVIDIA H200", "9.0")], True),
-    ([_FakeGpu("NVIDIA A100-SXM4-80GB", (8, 0))], True),
+    ([_FakeGpu("NVIDIA A100-SXM4-80GB", "8.0")], True),
     ([_FakeGpu("Tesla V100-SXM2-16GB", "7.0")], False),  # the ImageNet default must still compile there
     ([_FakeGpu("AMD Instinct MI250X", "gfx90a")], False),  # no CUDA capability: XLA's sums
     (None, True),  # no GPU here: compiled for an H200 on this CPU (bench/gpu_launches.py)
