@@ -33,12 +33,15 @@ sys.path.insert(0, str(ROOT))
 # (Until session 21 the list also timed 7x1024, which no BN of ResNet-50 has.)
 SHAPES = ["14x1024", "14x256", "28x512", "56x256", "28x128", "7x2048", "7x512", "56x64", "28x256",
           "56x128", "14x512"]
-# column_sums.Tiling per variant: (values a tile, warps a program, target programs)
+# column_sums.Tiling per variant: (values a tile, warps a program, target programs[, sms])
 # (2026-11-28, session 21: the 14x14 and 7x7 shapes, 12-25 MB an array, ran at 0.7-2 TB/s in every
-# tiling of 528 programs, so the `_p1k` variants try twice the programs there.)
+# tiling of 528 programs, so the `_p1k` variants try twice the programs there. Session 22: the
+# `_sm132` variants, the plans balanced over an H200's 132 multiprocessors; 9 of the 11 shapes ran
+# 448 programs, 18% above an even share on the busiest one.)
 VARIANTS = {"tile4k_w4": (4096, 4, 528), "tile8k_w8": (8192, 8, 528), "tile8k_w4": (8192, 4, 528),
             "tile16k_w8": (16384, 8, 528), "tile2k_w4": (2048, 4, 528), "tile4k_w4_p1k": (4096, 4, 1056),
-            "tile8k_w8_p1k": (8192, 8, 1056), "programs264": (4096, 4, 264)}
+            "tile8k_w8_p1k": (8192, 8, 1056), "programs264": (4096, 4, 264),
+            "tile4k_w4_sm132": (4096, 4, 528, 132), "tile8k_w8_sm132": (8192, 8, 528, 132)}
 
 
 def resnet50_bn_shapes(stages=(3, 4, 6, 3)) -> collections.Counter:
@@ -59,13 +62,26 @@ def resnet50_bn_shapes(stages=(3, 4, 6, 3)) -> collections.Counter:
 
 def summaries(rows: list[dict], counts: collections.Counter) -> list[dict]:
     """Per (pass, implementation): microseconds a step, each shape's time times its BN count, over
-    the shapes timed (`missing`: those not, e.g. cut by the deadline)."""
+    the shapes timed (`missing`: those not, e.g. cut by the deadline). Then per pass the
+    `best_per_shape` bound: each shape's fastest implementation (its `choices`), what a per-shape
+    tiling table could gain over one tiling for all."""
     times = collections.defaultdict(dict)
     for r in rows:
         if r.get("us") is not None:
             times[(r["pass"], r["impl"])][r["shape"].split("x", 1)[1]] = r["us"]
-    return [{"summary": name, "impl": impl, "step_us": round(sum(counts[s] * us for s, us in got.items()), 1),
-             "missing": sorted(set(counts) - set(got))} for (name, impl), got in times.items()]
+    lines = [{"summary": name, "impl": impl, "step_us": round(sum(counts[s] * us for s, us in got.items()), 1),
+              "missing": sorted(set(counts) - set(got))} for (name, impl), got in times.items()]
+    for name in dict.fromkeys(name for name, _ in times):  # the fastest timed implementation of each shape
+        best = {}
+        for (p, impl), got in times.items():
+            for s, us in got.items():
+                if p == name and s in counts and (s not in best or us < best[s][1]):
+                    best[s] = (impl, us)
+        lines.append({"summary": name, "impl": "best_per_shape",
+                      "step_us": round(sum(counts[s] * us for s, (_, us) in best.items()), 1),
+                      "choices": {s: impl for s, (impl, _) in sorted(best.items())},
+                      "missing": sorted(set(counts) - set(best))})
+    return lines
 
 
 
@@ -74,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--reps", type=int, default=50)
     p.add_argument("--shapes", default=",".join(SHAPES))
-    p.add_argument("--variants", default="tile4k_w4,tile8k_w8,tile8k_w4,tile4k_w4_p1k,tile8k_w8_p1k",
+    p.add_argument("--variants", default="tile4k_w4,tile8k_w8,tile4k_w4_sm132,tile8k_w8_sm132,tile8k_w8_p1k",
                    help=f"of {', '.join(VARIANTS)}; each line says whether it is its pass's tiling (default)")
     p.add_argument("--deadline_s", type=float, default=1e9, help="stop starting shapes after this many seconds")
     args = p.parse_args(argv)
@@ -154,6 +170,12 @@ def main(argv=None) -> int:
                 if tiling is not None:
                     plan = column_sums.plan(rows, c, 1, tiling)
                     row |= {"plan": plan, "default": tiling == own}
+                    if plan is not None:  # programs, and the busiest of an H200's 132 multiprocessors' share
+                        bc, br, its = plan
+                        programs = rows // (br * its) * (c // bc)
+                        row |= {"programs": programs,
+                                "busiest_vs_even": round(column_sums.busiest_tiles(programs, its, 132)
+                                                         / (programs * its / 132), 3)}
                     if plan is None:
                         rows_out.append(row | {"error": "no plan"})
                         continue

@@ -38,7 +38,7 @@ budget() {  # budget WANTED: the seconds this command may take, 0 when the deadl
 ours() {  # ours TIMEOUT_S ARGS...: one JSON line per run into ours.jsonl, a failure marker otherwise
   local t s=$SECONDS; t=$(budget "$1"); shift
   [ "$t" -eq 0 ] && { echo "{\"impl\": \"ours\", \"skipped\": \"$*\"}" >>"$OUT/ours.jsonl"; return; }
-  echo "+ ours $* [at ${SECONDS} s]" | tee -a "$OUT/log.txt"
+  echo "+ ours${BENCH:+ ($BENCH)} $* [at ${SECONDS} s]" | tee -a "$OUT/log.txt"
   # Each run gets bf16 and OURS_EXTRA (a list of flags, last flags win), the --also runs too; "$@"
   # first: ml_collections wants --config=FILE before any --config.field override.
   local extra="--config.model.dtype=bfloat16 ${OURS_EXTRA:-}" args=() a

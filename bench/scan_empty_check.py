@@ -34,7 +34,7 @@ def patch_scan() -> None:
 
 def run_marked(impl: str) -> None:
     """The benchmark's own main on this process's flags, every line's impl set to `impl`: for a
-    measurement that patches the process first (here and bench/bwd_tiling_check.py)."""
+    measurement that patches the process first (here and bench/tiling_check.py)."""
     from resnet_v2_jax import benchmark, cli
 
     result = benchmark.result

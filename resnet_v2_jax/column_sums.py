@@ -34,10 +34,18 @@ MAX_COLUMNS = 128  # bc: 256 bytes of bfloat16 per tile row
 
 class Tiling(NamedTuple):
     """How a pass reads its columns: `values` in one [br, bc] tile, `warps` a program, and about
-    `programs` programs (528: 4 per streaming multiprocessor of an H100/H200, 132)."""
+    `programs` programs (528: 4 per streaming multiprocessor of an H100/H200, 132).
+
+    `sms` (0: off), a balanced plan for that many multiprocessors: among the program counts within
+    2x of `programs`, the one whose busiest multiprocessor reads the fewest tiles. Why: ResNet-50's
+    row counts are 2^a 7^b, never a multiple of 132, and the count nearest 528 is 448 in 15 of its
+    22 plans (11 shapes, 2 passes): 52 multiprocessors run 4 programs while 80 run 3, 18% above an
+    even share, where 392 or 784 programs are within 1% of it (untimed: bench/bn_sums_check.py's
+    `_sm132` variants)."""
     values: int
     warps: int
     programs: int
+    sms: int = 0
 
 
 # bench/bn_sums_check.py on one H200 (2026-11-28, session 21, ResNet-50's 11 BN shapes at batch 256,
@@ -65,10 +73,23 @@ def plan(rows: int, channels: int, groups: int = 1, tiling: Tiling = FORWARD) ->
         return None
     steps = rows // br
     per_row_group = groups * (channels // bc)
-    # the iteration count dividing `steps` whose program count is nearest tiling.programs (in ratio)
+    # the iteration count dividing `steps` whose program count is nearest tiling.programs (in ratio);
+    # with tiling.sms, the busiest multiprocessor's tiles first
     divisors = [d for d in range(1, steps + 1) if steps % d == 0]
-    its = min(divisors, key=lambda d: abs(math.log(per_row_group * (steps // d) / tiling.programs)))
-    return bc, br, its
+
+    def off_target(d):
+        return abs(math.log(per_row_group * (steps // d) / tiling.programs))
+
+    if not tiling.sms:
+        return bc, br, min(divisors, key=off_target)
+    near = [d for d in divisors if off_target(d) <= math.log(2) + 1e-9] or divisors
+    return bc, br, min(near, key=lambda d: (busiest_tiles(per_row_group * (steps // d), d, tiling.sms), off_target(d)))
+
+
+def busiest_tiles(programs: int, iterations: int, sms: int) -> int:
+    """Tiles the busiest of `sms` multiprocessors reads, programs dealt out evenly: the kernel's
+    critical path where bandwidth is per multiprocessor."""
+    return -(-programs // sms) * iterations
 
 
 def column_sums(fn: Callable, arrays: Sequence[jax.Array], vectors: Sequence[jax.Array] = (),

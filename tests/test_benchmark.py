@@ -616,27 +616,42 @@ def test_bn_sums_check_weights_each_shape_by_resnet50s_bns():
     rows = [{"shape": "256x14x1024", "pass": "backward", "impl": "xla", "us": 10.0},
             {"shape": "256x7x2048", "pass": "backward", "impl": "xla", "us": 2.5},
             {"shape": "256x7x2048", "pass": "backward", "impl": "pallas:x", "error": "no plan"}]
-    (line,) = check.summaries(rows, counts)
+    (line, best) = check.summaries(rows, counts)
     assert line["step_us"] == 6 * 10.0 + 3 * 2.5 and len(line["missing"]) == 9
+    assert best["impl"] == "best_per_shape" and best["step_us"] == line["step_us"]
+    rows += [{"shape": "256x14x1024", "pass": "backward", "impl": "pallas:x", "us": 4.0},
+             {"shape": "256x7x64", "pass": "backward", "impl": "pallas:x", "us": 0.5}]  # no ResNet-50 shape
+    *_, best = check.summaries(rows, counts)
+    assert best["step_us"] == 6 * 4.0 + 3 * 2.5 and best["choices"] == {"14x1024": "pallas:x", "7x2048": "xla"}
 
 
-def test_bwd_tiling_check_runs_the_benchmark_with_the_forwards_tiling_for_bn_backward(monkeypatch):
-    """bench/bwd_tiling_check.py, the whole-step timing of column_sums.BACKWARD: it runs the
-    benchmark (scan_empty_check.run_marked) after giving BN's backward sums the forward's tiling,
-    which plans ResNet-50's 56x56x256 backward differently, and marks its lines."""
+def test_tiling_check_runs_the_benchmark_with_the_variants_tilings(monkeypatch):
+    """bench/tiling_check.py, the whole-step timing of a column_sums.Tiling: it runs the benchmark
+    (scan_empty_check.run_marked) after giving BN's sums the variant's tilings, which plan
+    ResNet-50's 56x56x256 differently, marks its lines, and leaves the benchmark its flags."""
     from resnet_v2_jax import column_sums
 
-    check = _bench_module("bwd_tiling_check")
+    check = _bench_module("tiling_check")
     import scan_empty_check
 
     seen = []
-    monkeypatch.setattr(scan_empty_check, "run_marked", lambda impl: seen.append((impl, column_sums.BACKWARD)))
-    monkeypatch.setattr(column_sums, "BACKWARD", column_sums.BACKWARD)  # restored after the test
-    check.main()
-    assert seen == [("ours_bwd_tile4k", column_sums.FORWARD)]
+    monkeypatch.setattr(scan_empty_check, "run_marked",
+                        lambda impl: seen.append((impl, column_sums.FORWARD, column_sums.BACKWARD)))
+    for name in ("FORWARD", "BACKWARD"):
+        monkeypatch.setattr(column_sums, name, getattr(column_sums, name))  # restored after the test
+    forward, backward = column_sums.FORWARD, column_sums.BACKWARD
+    argv = ["tiling_check.py", "bwd_tile4k", "--steps=2"]
+    check.main(argv)
+    assert argv == ["tiling_check.py", "--steps=2"] and seen == [("ours_bwd_tile4k", forward, forward)]
+    column_sums.BACKWARD = backward  # each variant patches a fresh process's defaults
+    check.main(["tiling_check.py", "sm132"])
+    assert seen[1] == ("ours_sm132", forward._replace(sms=132), backward._replace(sms=132))
     rows = 256 * 56 * 56
-    assert column_sums.plan(rows, 256, 1, column_sums.FORWARD) == (128, 32, 98)  # bn_sums.jsonl's plans
-    assert column_sums.plan(rows, 256, 1, column_sums.Tiling(8192, 8, 528)) == (128, 64, 49)
+    assert column_sums.plan(rows, 256, 1, forward) == (128, 32, 98)  # bn_sums.jsonl's plans
+    assert column_sums.plan(rows, 256, 1, backward) == (128, 64, 49)
+    assert column_sums.plan(rows, 256, 1, seen[1][2]) == (128, 64, 64)
+    with pytest.raises(SystemExit, match="VARIANT one of bwd_tile4k, sm132"):
+        check.main(["tiling_check.py", "--steps=2"])
 
 
 def test_colour_cost_counts_at_least_the_bytes_the_input_work_must_move():
@@ -877,8 +892,9 @@ def test_bn_sums_check_times_xla_and_the_pallas_kernel_and_checks_their_sums(cap
     assert [(r["shape"], r["pass"], r["impl"]) for r in lines] == [
         (s, p, i) for s in ("2x7x64", "2x7x48") for p in ("forward", "backward")
         for i in ("xla", "pallas:tile4k_w4", "pallas:tile8k_w8")]
-    # one summary per (pass, implementation) timed; 7x64 is no ResNet-50 shape, so all 11 are missing
-    assert len(summary) == 6 and all(r["step_us"] == 0 and len(r["missing"]) == 11 for r in summary), summary
+    # one summary per (pass, implementation) timed and a best per pass; 7x64 is no ResNet-50 shape,
+    # so all 11 are missing
+    assert len(summary) == 8 and all(r["step_us"] == 0 and len(r["missing"]) == 11 for r in summary), summary
     kernel = [r for r in lines if r["impl"] != "xla" and r["channels"] == 64]
     assert len(kernel) == 4 and all(r["max_rel_diff"] < 1e-5 and r["us"] >= 0 for r in kernel), kernel
     assert all(r["error"] == "no plan" for r in lines if r["impl"] != "xla" and r["channels"] == 48)
