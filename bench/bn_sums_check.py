@@ -36,8 +36,8 @@ SHAPES = ["14x1024", "14x256", "28x512", "56x256", "28x128", "7x2048", "7x512", 
 # column_sums.Tiling per variant: (values a tile, warps a program, target programs[, sms])
 # (2026-11-28, session 21: the 14x14 and 7x7 shapes, 12-25 MB an array, ran at 0.7-2 TB/s in every
 # tiling of 528 programs, so the `_p1k` variants try twice the programs there. Session 22: the
-# `_sm132` variants, the plans balanced over an H200's 132 multiprocessors; 9 of the 11 shapes ran
-# 448 programs, 18% above an even share on the busiest one.)
+# `_sm132` variants, the plans balanced over an H200's 132 multiprocessors; 15 of the 22 plans,
+# 11 shapes and 2 passes, ran 448 programs, 18% above an even share on the busiest one.)
 VARIANTS = {"tile4k_w4": (4096, 4, 528), "tile8k_w8": (8192, 8, 528), "tile8k_w4": (8192, 4, 528),
             "tile16k_w8": (16384, 8, 528), "tile2k_w4": (2048, 4, 528), "tile4k_w4_p1k": (4096, 4, 1056),
             "tile8k_w8_p1k": (8192, 8, 1056), "programs264": (4096, 4, 264),
@@ -170,15 +170,13 @@ def main(argv=None) -> int:
                 if tiling is not None:
                     plan = column_sums.plan(rows, c, 1, tiling)
                     row |= {"plan": plan, "default": tiling == own}
-                    if plan is not None:  # programs, and the busiest of an H200's 132 multiprocessors' share
-                        bc, br, its = plan
-                        programs = rows // (br * its) * (c // bc)
-                        row |= {"programs": programs,
-                                "busiest_vs_even": round(column_sums.busiest_tiles(programs, its, 132)
-                                                         / (programs * its / 132), 3)}
                     if plan is None:
                         rows_out.append(row | {"error": "no plan"})
                         continue
+                    bc, br, its = plan  # programs, and the busiest of an H200's 132 multiprocessors' share
+                    programs = rows // (br * its) * (c // bc)
+                    row |= {"programs": programs, "busiest_vs_even": round(
+                        column_sums.busiest_tiles(programs, its, 132) / (programs * its / 132), 3)}
                 try:
                     if tiling is not None:  # the sums themselves, against XLA's (float32 rounding: ~1e-6)
                         got = jax.jit(f)(*arrays)
