@@ -11,6 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from resnet_v2_jax import benchmark, summary
@@ -917,3 +918,21 @@ def test_auto_layouts_and_explicit_data_parallel_run_the_step_with_the_same_loss
     # config.explicit_data_parallel: the step in a shard_map, here over this one device
     assert (r["explicit_data_parallel"], third["explicit_data_parallel"]) == (False, True)
     assert abs(third["loss"] - r["loss"]) <= 1e-6 * abs(r["loss"])
+
+
+def test_bf16_grad_sum_check_models_the_three_ways_to_sum_device_shares(capsys):
+    """bench/bf16_grad_sum_check.py: 512 shares of 1.0 summed in bfloat16 one add at a time stall
+    at 256 (256 + 1 rounds back to 256: an 8-bit significand), the float32 sum of the rounded
+    shares is 512, one rounding of the exact sum 512; 1 + 2^-9 rounds to 1 (ties to even). On a
+    small network's real shares, one rounding stays under bfloat16's 2^-9 bound, and the
+    bfloat16 all-reduce over 4 devices loses more than the float32 one."""
+    check = _bench_module("bf16_grad_sum_check")
+    sums = check.paths(np.ones((512, 3)))
+    assert sums["sharded"].tolist() == [256.0] * 3
+    assert sums["explicit"].tolist() == sums["one_device"].tolist() == [512.0] * 3
+    assert check.bf16(np.array([1 + 2**-9, 1 + 3 * 2**-9])).tolist() == [1.0, 1 + 2**-7]
+    assert check.main(["--depth=8", "--batch=32", "--group=8", "--devices=4,3"]) == 0
+    four, three = (json.loads(line) for line in capsys.readouterr().out.splitlines())
+    assert four["kernels"] == 7 and three == {"devices": 3, "error": "4 groups do not divide among 3"}
+    assert four["one_device"]["max"] < 2**-9 and four["explicit"]["max"] < 2**-9
+    assert four["sharded"]["all"] > 1.5 * four["explicit"]["all"]
