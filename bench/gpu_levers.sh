@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # What the run of 2026-11-28, session 21 (bench/gpu_2026-11-28b/) left open, most telling first
 # (ResNet-50, the one goal not met: 8,916-8,964 img/s against 9,000). The FIRST call of a GPU
-# session (~400 s); gpu_compare.sh after it, with what is left. Same set-up and carry as
-# gpu_compare.sh:
+# session (~420 s; the deadline may cut torch.compile); gpu_compare.sh after it, with what is left.
+# Same set-up and carry as gpu_compare.sh:
 #   run(command="DEADLINE_S=420 bash bench/gpu_levers.sh", carry=[".whl", ".bench"], kind="nvidia-h200", timeout_s=450)
 # (bench/gpu_2026-11-28b/levers/ ran the version committed in 44d78a1: the three ImageNet levers,
 # update-free graphs bitwise, ResNet-1001 without zero-fills, the latency-hiding scheduler;
@@ -30,7 +30,14 @@ BENCH="python3 bench/tiling_check.py bwd_tile4k" ours 60 $R50
 ours 60 $R50
 # shellcheck disable=SC2086
 BENCH="python3 bench/tiling_check.py sm132" ours 60 $R50
-# 0b. BN's sums alone per ResNet-50 shape: XLA against the kernel in five tilings (which each pass
+# 0b. ResNet-50 with the CIFAR experiments' CUDA graphs (config.CIFAR_XLA_FLAGS: concurrent and
+#     update-free since the second and third runs of 2026-11-27). Serial graphs that updated their
+#     addresses cost ResNet-50 8% (first run, 2026-11-27), so imagenet() clears the flags; these
+#     never ran on ResNet-50. One process (the flags are the process's).
+CIFAR_FLAGS=$(python3 -c "from resnet_v2_jax.config import CIFAR_XLA_FLAGS; print(CIFAR_XLA_FLAGS)")
+# shellcheck disable=SC2086
+ours 60 $R50 "--config.xla_flags=$CIFAR_FLAGS"
+# 0c. BN's sums alone per ResNet-50 shape: XLA against the kernel in five tilings (which each pass
 #     uses is marked "default"; each line has its program count and its busiest multiprocessor's
 #     share against an even one): 4096 values of 4 warps and 8192 of 8 as now, both balanced over
 #     132 multiprocessors, and 8192 of 8 with ~1056 programs. The `best_per_shape` summaries bound
