@@ -10,6 +10,8 @@ VARIANT, one of `VARIANTS`:
   took that tiling untimed in the whole step.
 - `sm132`: both passes planned balanced over an H200's 132 multiprocessors (`Tiling.sms`): 392 or
   784 programs where the plain plans give 448, 18% above an even share on the busiest one.
+- `p1k`: both passes at ~1056 programs (784-896 for ResNet-50, also within 3% of even): for when
+  bn_sums_check's `tile8k_w8_p1k` beats the balanced 392.
 Beside the benchmark's line as configured, in the same device call. Off a GPU BN keeps XLA's sums,
 so there every variant is the same program.
 """
@@ -22,6 +24,7 @@ from pathlib import Path
 VARIANTS = {
     "bwd_tile4k": lambda cs: {"BACKWARD": cs.FORWARD},
     "sm132": lambda cs: {"FORWARD": cs.FORWARD._replace(sms=132), "BACKWARD": cs.BACKWARD._replace(sms=132)},
+    "p1k": lambda cs: {"FORWARD": cs.FORWARD._replace(programs=1056), "BACKWARD": cs.BACKWARD._replace(programs=1056)},
 }
 
 

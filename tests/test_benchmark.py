@@ -644,14 +644,16 @@ def test_tiling_check_runs_the_benchmark_with_the_variants_tilings(monkeypatch):
     argv = ["tiling_check.py", "bwd_tile4k", "--steps=2"]
     check.main(argv)
     assert argv == ["tiling_check.py", "--steps=2"] and seen == [("ours_bwd_tile4k", forward, forward)]
-    column_sums.BACKWARD = backward  # each variant patches a fresh process's defaults
-    check.main(["tiling_check.py", "sm132"])
+    for variant in ("sm132", "p1k"):  # each variant patches a fresh process's defaults
+        column_sums.FORWARD, column_sums.BACKWARD = forward, backward
+        check.main(["tiling_check.py", variant])
     assert seen[1] == ("ours_sm132", forward._replace(sms=132), backward._replace(sms=132))
+    assert seen[2] == ("ours_p1k", forward._replace(programs=1056), backward._replace(programs=1056))
     rows = 256 * 56 * 56
     assert column_sums.plan(rows, 256, 1, forward) == (128, 32, 98)  # bn_sums.jsonl's plans
     assert column_sums.plan(rows, 256, 1, backward) == (128, 64, 49)
     assert column_sums.plan(rows, 256, 1, seen[1][2]) == (128, 64, 64)
-    with pytest.raises(SystemExit, match="VARIANT one of bwd_tile4k, sm132"):
+    with pytest.raises(SystemExit, match="VARIANT one of bwd_tile4k, sm132, p1k"):
         check.main(["tiling_check.py", "--steps=2"])
 
 
