@@ -84,7 +84,6 @@ def summaries(rows: list[dict], counts: collections.Counter) -> list[dict]:
     return lines
 
 
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=256)
@@ -173,8 +172,8 @@ def main(argv=None) -> int:
                     if plan is None:
                         rows_out.append(row | {"error": "no plan"})
                         continue
-                    bc, br, its = plan  # programs, and the busiest of an H200's 132 multiprocessors' share
-                    programs = rows // (br * its) * (c // bc)
+                    # programs, and the busiest of an H200's 132 multiprocessors' share against an even one
+                    programs, its = column_sums.program_count(rows, c, plan), plan[2]
                     row |= {"programs": programs, "busiest_vs_even": round(
                         column_sums.busiest_tiles(programs, its, 132) / (programs * its / 132), 3)}
                 try:

@@ -86,6 +86,12 @@ def plan(rows: int, channels: int, groups: int = 1, tiling: Tiling = FORWARD) ->
     return bc, br, min(near, key=lambda d: (busiest_tiles(per_row_group * (steps // d), d, tiling.sms), off_target(d)))
 
 
+def program_count(rows: int, channels: int, planned: tuple[int, int, int], groups: int = 1) -> int:
+    """Programs a `plan` launches: each reads one [br * iterations, bc] slab of one group."""
+    bc, br, its = planned
+    return groups * (rows // (br * its)) * (channels // bc)
+
+
 def busiest_tiles(programs: int, iterations: int, sms: int) -> int:
     """Tiles the busiest of `sms` multiprocessors reads, programs dealt out evenly: the kernel's
     critical path where bandwidth is per multiprocessor."""

@@ -117,7 +117,6 @@ def test_the_option_says_what_it_needs():
     config_lib.validate(c, num_devices=4)  # the products run on each device's rows (tests/test_train.py)
 
 
-
 @pytest.mark.parametrize("min_jaxlib", [(0, 0, 0), (99, 0, 0)])
 def test_traced_for_a_gpu_the_products_are_cudnn_fusions_where_the_jaxlib_compiles_them(
         monkeypatch, caplog, min_jaxlib):

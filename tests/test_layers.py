@@ -136,6 +136,7 @@ def test_pallas_sums_plan_tiles_each_pass_into_about_528_programs(rows, channels
         return
     bc, br, its = plan
     assert (bc, br, its, groups * rows // (br * its) * (channels // bc)) == want
+    assert column_sums.program_count(rows, channels, plan, groups) == want[3]
     assert bc * br <= tiling.values and rows % (br * its) == 0
 
 
@@ -147,8 +148,8 @@ def test_a_balanced_plan_gives_the_busiest_multiprocessor_within_2_percent_of_an
               (14, 1024), (7, 512), (7, 2048)]
 
     def excess(tiling, size, channels):
-        bc, br, its = column_sums.plan(256 * size * size, channels, 1, tiling)
-        programs = 256 * size * size // (br * its) * (channels // bc)
+        planned = column_sums.plan(256 * size * size, channels, 1, tiling)
+        programs, its = column_sums.program_count(256 * size * size, channels, planned), planned[2]
         return column_sums.busiest_tiles(programs, its, 132) / (programs * its / 132), programs
 
     for base in (column_sums.FORWARD, column_sums.BACKWARD):
