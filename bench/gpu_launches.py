@@ -304,7 +304,7 @@ def main(argv):
     from absl import flags
     from jax.experimental import topologies
 
-    from resnet_v2_jax import benchmark, layers
+    from resnet_v2_jax import benchmark, column_sums, layers
     from resnet_v2_jax import step as step_lib
 
     f = flags.FLAGS
@@ -318,6 +318,9 @@ def main(argv):
                                             topology=f"1x1x{f.devices}")
     mesh = step_lib.make_mesh(np.asarray(topology.devices))
     layers.TARGET_PLATFORM = "gpu"  # the network as it is traced on a GPU (no CPU-only conv gradient)
+    for name in ("FORWARD", "BACKWARD"):  # Tiling.sms=DEVICE would read this CPU's device: the target's count
+        if getattr(column_sums, name).sms == column_sums.DEVICE:
+            setattr(column_sums, name, getattr(column_sums, name)._replace(sms=topology.devices[0].core_count))
     config = f.config
     t0 = time.perf_counter()
     # Pallas's Triton lowering (model.bn_pallas_sums) asks for the GPU it compiles for: the abstract

@@ -41,7 +41,7 @@ class Tiling(NamedTuple):
     row counts are 2^a 7^b, never a multiple of 132, and the count nearest 528 is 448 in 15 of its
     22 plans (11 shapes, 2 passes): 52 multiprocessors run 4 programs while 80 run 3, 18% above an
     even share, where 392 or 784 programs are within 1% of it (untimed: bench/bn_sums_check.py's
-    `_sm132` variants)."""
+    `_sm132` variants). `DEVICE`: the count the default device reports (`multiprocessors`)."""
     values: int
     warps: int
     programs: int
@@ -53,6 +53,18 @@ class Tiling(NamedTuple):
 # tiles of 4 warps than as 8192 of 8 in 7 of the 11 shapes; the backward's two (x, gy) as 8192-value
 # tiles of 8 warps in 9 (e.g. 56x56x256: 284 -> 232 us, 14x14x1024: 99 -> 80 us; ~0.5 ms a step summed over the
 # network's BNs, not yet timed in the whole step).
+DEVICE = -1  # Tiling.sms: the default device's multiprocessor count, read when a plan is made
+
+
+def multiprocessors(sms: int) -> int:
+    """`sms`, or for `DEVICE` the multiprocessors of the default device (`core_count`: 132 for an
+    H100/H200 SXM, 108 for an A100), 0 (plans unbalanced) where the device reports none. Read at
+    trace time, so that one setting serves every GPU and importing this module starts no backend."""
+    if sms != DEVICE:
+        return sms
+    return int(getattr(jax.devices()[0], "core_count", 0) or 0)
+
+
 FORWARD = Tiling(4096, 4, 528)  # 32 values per thread, two float32 accumulators
 BACKWARD = Tiling(8192, 8, 528)
 
@@ -80,10 +92,11 @@ def plan(rows: int, channels: int, groups: int = 1, tiling: Tiling = FORWARD) ->
     def off_target(d):
         return abs(math.log(per_row_group * (steps // d) / tiling.programs))
 
-    if not tiling.sms:
+    sms = multiprocessors(tiling.sms)
+    if not sms:
         return bc, br, min(divisors, key=off_target)
     near = [d for d in divisors if off_target(d) <= math.log(2) + 1e-9] or divisors
-    return bc, br, min(near, key=lambda d: (busiest_tiles(per_row_group * (steps // d), d, tiling.sms), off_target(d)))
+    return bc, br, min(near, key=lambda d: (busiest_tiles(per_row_group * (steps // d), d, sms), off_target(d)))
 
 
 def program_count(rows: int, channels: int, planned: tuple[int, int, int], groups: int = 1) -> int:

@@ -5,6 +5,7 @@ worth having: fewer saved tensors, fewer kernels, fewer bytes)."""
 from __future__ import annotations
 
 import functools
+import types
 
 import flax.linen as nn
 import jax
@@ -158,6 +159,19 @@ def test_a_balanced_plan_gives_the_busiest_multiprocessor_within_2_percent_of_an
         assert sum(p == 448 for _, p in plain) >= 7 and max(e for e, _ in plain) > 1.17
         assert all(e < 1.02 and 264 <= p <= 1056 for e, p in balanced), balanced
     assert column_sums.plan(256 * 56 * 56, 256, 1, column_sums.BACKWARD._replace(sms=132)) == (128, 64, 64)
+
+
+def test_device_tiling_balances_over_the_multiprocessors_the_device_reports(monkeypatch):
+    """Tiling.sms=DEVICE plans as the count the default device reports (an H200: 132), and as an
+    unbalanced plan where it reports none (this CPU)."""
+    device_tiling = column_sums.BACKWARD._replace(sms=column_sums.DEVICE)
+    rows = 256 * 56 * 56
+    assert column_sums.multiprocessors(column_sums.DEVICE) == 0  # a CPU device has no core_count
+    assert column_sums.plan(rows, 256, 1, device_tiling) == column_sums.plan(rows, 256, 1, column_sums.BACKWARD)
+    monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="gpu", core_count=132)])
+    assert column_sums.multiprocessors(column_sums.DEVICE) == 132 and column_sums.multiprocessors(7) == 7
+    balanced = column_sums.plan(rows, 256, 1, column_sums.BACKWARD._replace(sms=132))
+    assert column_sums.plan(rows, 256, 1, device_tiling) == balanced != column_sums.plan(rows, 256, 1, column_sums.BACKWARD)
 
 
 class _FakeGpu:
