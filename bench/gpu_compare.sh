@@ -12,8 +12,14 @@
 # bench/gpu_levers.sh. A plumbing check without a GPU (tiny steps; the peers run on the CPU where
 # torch is installed, else fail; 10 minutes on 2 cores, 2026-11-27):
 #   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" DEADLINE_S=600 bash bench/gpu_compare.sh
+# PARTS (default "cifar,in50"): `cifar`, the CIFAR experiments and their eager peers (items 1-2);
+# `in50`, ResNet-50 with its peers and the plain Flax baselines (items 2-4). After a levers call
+# that changed only ImageNet defaults, PARTS=in50 spends the call where the change is: on
+# 2026-11-28 the CIFAR part took 213 s of 452 and ResNet-50's process 165 s.
 # shellcheck source=bench/gpu_lib.sh
 source "$(dirname "$0")/gpu_lib.sh"
+PARTS=${PARTS:-cifar,in50}
+part() { [[ ",$PARTS," == *",$1,"* ]]; }
 
 # On the H200 (2026-11-27) each benchmark process took 80-90 s of the call, only 17-48 s of it the
 # compile, so runs that share XLA flags share one process (`--also`); the whole script took 452 s on
@@ -39,20 +45,23 @@ cifar() {  # cifar PROFILE_FLAGS: the CIFAR runs in one process; PROFILE_FLAGS e
     "--also=--config=experiments/cifar10_resnet164.py --config.batch_size=128 --steps=30 --warmup=3 --config.model.conv1x1_fusion=True" \
     "--also=--config=experiments/cifar1001.py --config.batch_size=64 --steps=20 --warmup=3 --config.model.conv1x1_fusion=True"
 }
-cifar "--profile_dir=$PROFILES"
-if ! grep -q images_per_second "$OUT/ours.jsonl"; then
-  # No line at all: ours cannot run here, or the process died while profiling ResNet-110's first run.
-  # The same runs once more, unprofiled.
-  echo "no line from the first process; its runs once more, without profiles" | tee -a "$OUT/log.txt"
-  cifar ""
+if part cifar; then
+  cifar "--profile_dir=$PROFILES"
+  if ! grep -q images_per_second "$OUT/ours.jsonl"; then
+    # No line at all: ours cannot run here, or the process died while profiling ResNet-110's first run.
+    # The same runs once more, unprofiled.
+    echo "no line from the first process; its runs once more, without profiles" | tee -a "$OUT/log.txt"
+    cifar ""
+  fi
+  if ! grep -q images_per_second "$OUT/ours.jsonl"; then  # ours cannot run here: stop, keep the device time
+    echo "ours failed on the first model; log tail:"; tail -40 "$OUT/log.txt"; exit 3
+  fi
+  # 2. The PyTorch peer (bf16 autocast, channels_last), eager, on the same models and batches.
+  peer 60 cifar110 128 30 eager
+  peer 60 cifar164 128 30 eager
+  peer 60 cifar1001 64 10 eager
 fi
-if ! grep -q images_per_second "$OUT/ours.jsonl"; then  # ours cannot run here: stop, keep the device time
-  echo "ours failed on the first model; log tail:"; tail -40 "$OUT/log.txt"; exit 3
-fi
-# 2. The PyTorch peer (bf16 autocast, channels_last), eager, on the same models and batches.
-peer 60 cifar110 128 30 eager
-peer 60 cifar164 128 30 eager
-peer 60 cifar1001 64 10 eager
+if ! part in50; then finish; exit 0; fi
 peer 60 in50 256 20 eager
 # 3. XLA's default flags: ResNet-50 (its config sets none) beside the plain Flax ResNet-50, their
 #    timed steps alternating (--compare); ResNet-50 once more, profiled and saved (--profile_dir:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What the run of 2026-11-28, session 21 (bench/gpu_2026-11-28b/) left open, most telling first
 # (ResNet-50, the one goal not met: 8,916-8,964 img/s against 9,000). The FIRST call of a GPU
-# session (~420 s; the deadline may cut torch.compile); gpu_compare.sh after it, with what is left.
+# session (~420 s; the deadline may cut torch.compile); `PARTS=in50 gpu_compare.sh` after it, with what is left.
 # Same set-up and carry as gpu_compare.sh:
 #   run(command="DEADLINE_S=420 bash bench/gpu_levers.sh", carry=[".whl", ".bench"], kind="nvidia-h200", timeout_s=450)
 # (bench/gpu_2026-11-28b/levers/ ran the version committed in 44d78a1: the three ImageNet levers,
