@@ -48,23 +48,24 @@ class Tiling(NamedTuple):
     sms: int = 0
 
 
+DEVICE = -1  # Tiling.sms: the default GPU's multiprocessor count, read when a plan is made
+
+
+def multiprocessors(sms: int) -> int:
+    """`sms`, or for `DEVICE` the multiprocessors of the default device if it is a GPU (`core_count`:
+    132 for an H100/H200 SXM, 108 for an A100), else 0 (plans unbalanced). Read at trace time, so
+    that one setting serves every GPU and importing this module starts no backend."""
+    if sms != DEVICE:
+        return sms
+    device = jax.devices()[0]
+    return int(getattr(device, "core_count", 0) or 0) if device.platform == "gpu" else 0
+
+
 # bench/bn_sums_check.py on one H200 (2026-11-28, session 21, ResNet-50's 11 BN shapes at batch 256,
 # bench/gpu_2026-11-28b/levers/bn_sums.jsonl): the forward's one array (x) ran faster as 4096-value
 # tiles of 4 warps than as 8192 of 8 in 7 of the 11 shapes; the backward's two (x, gy) as 8192-value
 # tiles of 8 warps in 9 (e.g. 56x56x256: 284 -> 232 us, 14x14x1024: 99 -> 80 us; ~0.5 ms a step summed over the
 # network's BNs, not yet timed in the whole step).
-DEVICE = -1  # Tiling.sms: the default device's multiprocessor count, read when a plan is made
-
-
-def multiprocessors(sms: int) -> int:
-    """`sms`, or for `DEVICE` the multiprocessors of the default device (`core_count`: 132 for an
-    H100/H200 SXM, 108 for an A100), 0 (plans unbalanced) where the device reports none. Read at
-    trace time, so that one setting serves every GPU and importing this module starts no backend."""
-    if sms != DEVICE:
-        return sms
-    return int(getattr(jax.devices()[0], "core_count", 0) or 0)
-
-
 FORWARD = Tiling(4096, 4, 528)  # 32 values per thread, two float32 accumulators
 BACKWARD = Tiling(8192, 8, 528)
 

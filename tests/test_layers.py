@@ -166,10 +166,13 @@ def test_device_tiling_balances_over_the_multiprocessors_the_device_reports(monk
     unbalanced plan where it reports none (this CPU)."""
     device_tiling = column_sums.BACKWARD._replace(sms=column_sums.DEVICE)
     rows = 256 * 56 * 56
-    assert column_sums.multiprocessors(column_sums.DEVICE) == 0  # a CPU device has no core_count
+    assert column_sums.multiprocessors(column_sums.DEVICE) == 0  # a CPU: no multiprocessors to balance over
     assert column_sums.plan(rows, 256, 1, device_tiling) == column_sums.plan(rows, 256, 1, column_sums.BACKWARD)
     monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="gpu", core_count=132)])
     assert column_sums.multiprocessors(column_sums.DEVICE) == 132 and column_sums.multiprocessors(7) == 7
+    monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="tpu", core_count=2)])
+    assert column_sums.multiprocessors(column_sums.DEVICE) == 0
+    monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="gpu", core_count=132)])
     balanced = column_sums.plan(rows, 256, 1, column_sums.BACKWARD._replace(sms=132))
     assert column_sums.plan(rows, 256, 1, device_tiling) == balanced != column_sums.plan(rows, 256, 1, column_sums.BACKWARD)
 
