@@ -75,5 +75,9 @@ ours 270 --config=experiments/imagenet_resnet50.py --config.batch_size=256 --ste
 # 4. torch.compile on ResNet-50 (the issue's 7,308 img/s; its warm-up took 69 s on 2026-11-27, and
 #    the 66 s the deadline left it on 2026-11-28 were too few), if the deadline leaves time.
 peer 150 in50 256 20 compile
+# 5. torch.compile on ResNet-110, never timed by us (cut at 64 s in session 21; the issue has no
+#    figure): only if the deadline leaves over a minute.
+if [ "$(budget 150)" -gt 60 ]; then peer 150 cifar110 128 30 compile
+else echo '{"peer": "torch", "skipped": "cifar110 128 30 compile"}' >>"$OUT/peer.jsonl"; fi
 
 finish
