@@ -52,13 +52,14 @@ DEVICE = -1  # Tiling.sms: the default GPU's multiprocessor count, read when a p
 
 
 def multiprocessors(sms: int) -> int:
-    """`sms`, or for `DEVICE` the multiprocessors of the default device if it is a GPU (`core_count`:
-    132 for an H100/H200 SXM, 108 for an A100), else 0 (plans unbalanced). Read at trace time, so
-    that one setting serves every GPU and importing this module starts no backend."""
+    """`sms`, or for `DEVICE` the multiprocessors of this process's GPUs (`core_count`: 132 for an
+    H100/H200 SXM, 108 for an A100), 0 (plans unbalanced) without a GPU. Read at trace time, so
+    that one setting serves every GPU and importing this module starts no backend. The GPUs are
+    found as `layers` finds them for the kernel's capability check."""
     if sms != DEVICE:
         return sms
-    device = jax.devices()[0]
-    return int(getattr(device, "core_count", 0) or 0) if device.platform == "gpu" else 0
+    gpus = [d for d in jax.local_devices() if d.platform == "gpu"]
+    return int(getattr(gpus[0], "core_count", 0) or 0) if gpus else 0
 
 
 # bench/bn_sums_check.py on one H200 (2026-11-28, session 21, ResNet-50's 11 BN shapes at batch 256,

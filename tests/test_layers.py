@@ -162,17 +162,17 @@ def test_a_balanced_plan_gives_the_busiest_multiprocessor_within_2_percent_of_an
 
 
 def test_device_tiling_balances_over_the_multiprocessors_the_device_reports(monkeypatch):
-    """Tiling.sms=DEVICE plans as the count the default device reports (an H200: 132), and as an
-    unbalanced plan where it reports none (this CPU)."""
+    """Tiling.sms=DEVICE plans as the count this process's GPU reports (an H200: 132), and as an
+    unbalanced plan without a GPU (this CPU, a TPU)."""
     device_tiling = column_sums.BACKWARD._replace(sms=column_sums.DEVICE)
     rows = 256 * 56 * 56
     assert column_sums.multiprocessors(column_sums.DEVICE) == 0  # a CPU: no multiprocessors to balance over
     assert column_sums.plan(rows, 256, 1, device_tiling) == column_sums.plan(rows, 256, 1, column_sums.BACKWARD)
-    monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="gpu", core_count=132)])
+    monkeypatch.setattr(jax, "local_devices", lambda *a: [types.SimpleNamespace(platform="gpu", core_count=132)])
     assert column_sums.multiprocessors(column_sums.DEVICE) == 132 and column_sums.multiprocessors(7) == 7
-    monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="tpu", core_count=2)])
+    monkeypatch.setattr(jax, "local_devices", lambda *a: [types.SimpleNamespace(platform="tpu", core_count=2)])
     assert column_sums.multiprocessors(column_sums.DEVICE) == 0
-    monkeypatch.setattr(jax, "devices", lambda *a: [types.SimpleNamespace(platform="gpu", core_count=132)])
+    monkeypatch.setattr(jax, "local_devices", lambda *a: [types.SimpleNamespace(platform="gpu", core_count=132)])
     balanced = column_sums.plan(rows, 256, 1, column_sums.BACKWARD._replace(sms=132))
     assert column_sums.plan(rows, 256, 1, device_tiling) == balanced != column_sums.plan(rows, 256, 1, column_sums.BACKWARD)
 
