@@ -15,7 +15,7 @@
 # PARTS (default "cifar,in50"): `cifar`, the CIFAR experiments and their eager peers (items 1-2);
 # `in50`, ResNet-50 with its peers and the plain Flax baselines (items 2-4). After a levers call
 # that changed only ImageNet defaults, PARTS=in50 spends the call where the change is: on
-# 2026-11-28 the CIFAR part took 213 s of 452 and ResNet-50's process 165 s.
+# 2026-11-28 the CIFAR part took 198 s of 452 and ResNet-50's process 165 s.
 # shellcheck source=bench/gpu_lib.sh
 source "$(dirname "$0")/gpu_lib.sh"
 PARTS=${PARTS:-cifar,in50}
