@@ -20,8 +20,12 @@ groups; every device count sees the same loss. Against the exact float64 sum, on
 device count: each conv kernel's relative L2 error (median and max over kernels) and the whole
 set's, per path. One rounding to nearest bounds a path's relative error by 2^-9 (bfloat16's 8-bit
 significand). For scale, `half_batches_apart`: the batch's two halves' gradients apart, relative
-to the whole batch's (the minibatch noise SGD runs on). Random weights and images, at
-initialisation (the first steps' gradients).
+to the whole batch's (the minibatch noise SGD runs on); and what one device's own roundings do to
+the same exact sum, as relative L2 errors of all conv gradients: `bf16_network`, the bfloat16
+network's gradient (activations and convolution outputs in bfloat16, as the experiments train on
+a GPU; a CPU's XLA rounds to bfloat16 in other places than a GPU's), and `bf16_images`, the
+float32 network's on the images rounded to bfloat16 and nothing else. Random weights and images,
+at initialisation (the first steps' gradients).
 
     python bench/bf16_grad_sum_check.py [--config=experiments/cifar10_resnet110.py] [--batch=128]
         [--group=8] [--devices=2,4,8,16]
@@ -67,34 +71,42 @@ def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     return float(np.linalg.norm(got - want) / (np.linalg.norm(want) + 1e-300))
 
 
-def group_gradients(config, batch: int, group: int, seed: int = 0) -> list[np.ndarray]:
-    """Per BN group, the float32 gradient of the batch's mean cross-entropy w.r.t. each conv kernel
-    (leaves of 4 dimensions, a scanned stage's stack split per unit): [(groups, *kernel shape)] as
-    float64."""
+def group_gradients(config, batch: int, group: int, seed: int = 0, dtype: str = "float32",
+                    summed: bool = False, bf16_images: bool = False) -> list[np.ndarray]:
+    """Per BN group, the gradient of the batch's mean cross-entropy w.r.t. each conv kernel (leaves
+    of 4 dimensions, a scanned stage's stack split per unit) of the network computing in `dtype`
+    (float32 parameters either way), the images rounded to bfloat16 first if `bf16_images`:
+    [(groups, *kernel shape)] as float64, or with `summed` only their sum over the groups,
+    [(1, *kernel shape)]."""
     import jax
     import jax.numpy as jnp
 
     from resnet_v2_jax import config as config_lib
     from resnet_v2_jax import networks
 
-    config.model.dtype = "float32"
+    config.model.dtype = dtype
     model = networks.build(config.model)  # its BN over what it is applied to: one group
     size = config.image_size or config_lib.DATASET_INFO[config.dataset]["image_size"]
     variables = networks.init_variables(model, size, seed=seed)
     rng = np.random.default_rng(seed)
-    images = jnp.asarray(rng.normal(size=(batch // group, group, size, size, 3)), jnp.float32)
+    images = rng.normal(size=(batch // group, group, size, size, 3))
+    images = jnp.asarray(bf16(images) if bf16_images else images, jnp.float32)
     labels = jnp.asarray(rng.integers(0, config.model.num_classes, (batch // group, group)), jnp.int32)
 
     def group_loss(params, x, y):  # this group's share of the batch's mean loss
         logits, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x, train=True,
                                 mutable=["batch_stats"])
+        logits = logits.astype(jnp.float32)
         return -jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1)) / batch
 
     grad = jax.jit(jax.grad(group_loss))  # one group at a time: the network's custom VJPs do not vmap
     per_group = [jax.tree.leaves(grad(variables["params"], x, y)) for x, y in zip(images, labels)]
     kernels = []
     for leaves in zip(*per_group):
-        g = np.stack([np.asarray(a, np.float64) for a in leaves])
+        if summed:  # a groups-th of the memory
+            g = sum(np.asarray(a, np.float64) for a in leaves)[None]
+        else:
+            g = np.stack([np.asarray(a, np.float64) for a in leaves])
         if g.ndim == 5:
             kernels.append(g)
         elif g.ndim == 6:  # a scanned stage's stacked kernels: each unit's its own
@@ -144,12 +156,20 @@ def main(argv=None) -> int:
     halves = [np.concatenate([g[h * groups // 2:(h + 1) * groups // 2].sum(0).ravel() for g in kernels])
               for h in (0, 1)]
     noise = relative_error(halves[0], halves[1]) * np.linalg.norm(halves[1]) / np.linalg.norm(halves[0] + halves[1])
+    # For scale, what one device's roundings already do to the same exact gradient: the bfloat16
+    # network's (activations and convolutions' outputs in bfloat16, as the experiments train on a
+    # GPU), and the float32 network's on the images rounded to bfloat16, nothing else changed
+    exact = np.concatenate([g.sum(0).ravel() for g in kernels])
+    against_exact = {
+        name: round(relative_error(np.concatenate([g.ravel() for g in group_gradients(
+            config, args.batch, args.group, summed=True, **kwargs)]), exact), 5)
+        for name, kwargs in (("bf16_network", {"dtype": "bfloat16"}), ("bf16_images", {"bf16_images": True}))}
     for devices in map(int, args.devices.split(",")):
         if groups % devices:
             print(json.dumps({"devices": devices, "error": f"{groups} groups do not divide among {devices}"}))
             continue
         line = measure(kernels, devices)
-        print(json.dumps(line | {"half_batches_apart": round(float(noise), 4), "experiment": config.experiment, "depth": config.model.depth, "batch": args.batch,
+        print(json.dumps(line | {"half_batches_apart": round(float(noise), 4), **against_exact, "experiment": config.experiment, "depth": config.model.depth, "batch": args.batch,
                                  "group": args.group, "kernels": len(kernels), "jax": jax.__version__}), flush=True)
     return 0
 

@@ -927,7 +927,9 @@ def test_bf16_grad_sum_check_models_the_three_ways_to_sum_device_shares(capsys):
     at 256 (256 + 1 rounds back to 256: an 8-bit significand), the float32 sum of the rounded
     shares is 512, one rounding of the exact sum 512; 1 + 2^-9 rounds to 1 (ties to even). On a
     small network's real shares, one rounding stays under bfloat16's 2^-9 bound, and the
-    bfloat16 all-reduce over 4 devices loses more than the float32 one."""
+    bfloat16 all-reduce over 4 devices loses more than the float32 one; the bfloat16 network, and
+    the float32 one on images rounded to bfloat16, move the gradient by more than one rounding
+    (were the dtype or the rounding not applied, they would be 0)."""
     check = _bench_module("bf16_grad_sum_check")
     sums = check.paths(np.ones((512, 3)))
     assert sums["sharded"].tolist() == [256.0] * 3
@@ -938,3 +940,4 @@ def test_bf16_grad_sum_check_models_the_three_ways_to_sum_device_shares(capsys):
     assert four["kernels"] == 7 and three == {"devices": 3, "error": "4 groups do not divide among 3"}
     assert four["one_device"]["max"] < 2**-9 and four["explicit"]["max"] < 2**-9
     assert four["sharded"]["all"] > 1.5 * four["explicit"]["all"]
+    assert four["bf16_network"] > 2**-9 and four["bf16_images"] > 2**-9
