@@ -447,6 +447,27 @@ def test_kernel_bytes_of_cpu_compiled_programs():
     got = g.kernel_bytes(scan.lower(xs).compile().as_text())["kernel_bytes"]
     assert 10 * 8000 + 40_000 <= got < 4 * 10 * 8000
 
+def test_by_op_groups_kernels_by_the_jax_operation_that_made_them():
+    """On a CPU-compiled program: each kernel under the named scope of the JAX code that made it, with
+    its bytes, and counted as small below 1 MiB (2,400,000 bytes are not, 80 are)."""
+    import jax
+    import jax.numpy as jnp
+
+    def f(x, y):
+        with jax.named_scope("first"):
+            a = jnp.exp(x)
+        with jax.named_scope("second"):
+            b = jnp.sin(y) * 2
+        return a, b
+
+    text = jax.jit(f).lower(jnp.zeros(300_000), jnp.zeros(10)).compile().as_text()
+    got = {group["op"]: group for group in _gpu_launches().by_op(text, top=5)}
+    assert set(got) == {"first/exp", "second/mul"}
+    assert [(got[op]["launches"], got[op]["bytes"], got[op]["small_launches"]) for op in sorted(got)] == [
+        (1, 2_400_000, 0), (1, 80, 1)]
+    assert len(_gpu_launches().by_op(text, top=1)) == 1
+
+
 def test_count_launches_sees_a_scanned_stage_run_once_per_unit():
     """On a CPU-compiled step: the scanned ResNet-20 (two scanned units a stage) has loops of trip count 2;
     unrolled it has none and launches fewer operations (no slicing of stacked parameters)."""
