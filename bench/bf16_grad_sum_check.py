@@ -18,14 +18,15 @@ The shares: the float32 network's gradient for each BN group of `--group` exampl
 each group its own BN statistics, as config.bn_group_size), summed in float64 over each device's
 groups; every device count sees the same loss. Against the exact float64 sum, one JSON line per
 device count: each conv kernel's relative L2 error (median and max over kernels) and the whole
-set's, per path. One rounding to nearest bounds a path's relative error by 2^-9 (bfloat16's 8-bit
-significand). For scale, `half_batches_apart`: the batch's two halves' gradients apart, relative
-to the whole batch's (the minibatch noise SGD runs on); and what one device's own roundings do to
-the same exact sum, as relative L2 errors of all conv gradients: `bf16_network`, the bfloat16
-network's gradient (activations and convolution outputs in bfloat16, as the experiments train on
-a GPU; a CPU's XLA rounds to bfloat16 in other places than a GPU's), and `bf16_images`, the
-float32 network's on the images rounded to bfloat16 and nothing else. Random weights and images,
-at initialisation (the first steps' gradients).
+set's, per path. One rounding to nearest moves a value by at most 2^-8 of itself (bfloat16's 8-bit
+significand), and over many values its relative L2 error comes to a little under 2^-9. For scale,
+`half_batches_apart`: the batch's two halves' gradients apart, relative to the whole batch's (the
+minibatch noise SGD runs on); and what one device's own roundings do to the same exact sum, as
+relative L2 errors of all conv gradients: `bf16_network`, the bfloat16 network's gradient
+(activations and convolution outputs in bfloat16, as the experiments train on a GPU; a CPU's XLA
+rounds to bfloat16 in other places than a GPU's), and `bf16_images`, the float32 network's on the
+images rounded to bfloat16 and nothing else. Random weights and images, at initialisation (the
+first steps' gradients).
 
     python bench/bf16_grad_sum_check.py [--config=experiments/cifar10_resnet110.py] [--batch=128]
         [--group=8] [--devices=2,4,8,16]
