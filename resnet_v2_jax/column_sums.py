@@ -41,7 +41,7 @@ class Tiling(NamedTuple):
     row counts are 2^a 7^b, never a multiple of 132, and the count nearest 528 is 448 in 15 of its
     22 plans (11 shapes, 2 passes): 52 multiprocessors run 4 programs while 80 run 3, 18% above an
     even share, where 392 or 784 programs are within 1% of it (untimed: bench/bn_sums_check.py's
-    `_sm132` variants). `DEVICE`: the count the default device reports (`multiprocessors`)."""
+    `_sm132` variants). `DEVICE`: the count this process's GPU reports (`multiprocessors`)."""
     values: int
     warps: int
     programs: int
