@@ -6,6 +6,10 @@ import os
 import tempfile
 
 import pytest
+from helpers import TEST_XLA_FLAGS
+
+# Before any test starts JAX's backends, which read $XLA_FLAGS once (see helpers.TEST_XLA_FLAGS).
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 # Runs turn on JAX's persistent compilation cache (config.compilation_cache_dir, default under
 # ~/.cache). Tests keep it in a temporary dir of their own, shared by the session's processes

@@ -11,6 +11,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# XLA flags every test process compiles with (conftest.py puts them in $XLA_FLAGS; `xla_flags` adds
+# them to a child's). LLVM at -O1 instead of -O2 on the host: compiling dominates the suite (each
+# test compiles tiny programs and runs them a few steps), and jax.random's threefry is what -O2 is
+# slow on: a depth-8 net's init compiled in 4.5-9 s at -O2 and in 1.0 s at -O1, to the same bits
+# (2026-11-28, this 2-core CPU). The suite went from 795-816 s to 561 s here. Float results may move
+# in the last bits (the quick start's steps do), so tests compare paths within these flags, and
+# the product's own runs keep XLA's default.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
+
+
+def xla_flags(devices: int | None = None) -> str:
+    """$XLA_FLAGS for a child process of the tests, with `devices` fake CPU devices."""
+    return (f"--xla_force_host_platform_device_count={devices} " if devices else "") + TEST_XLA_FLAGS
+
 
 def random_fill(shapes, seed=0):
     """Random values for abstract variables, drawn with numpy (no jax.random compile on CPU).

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import free_port
+from helpers import free_port, xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 60
@@ -416,7 +416,7 @@ def mp_start(tmp_path, port, pid, n=2, steps=100000, timeout_s=20):
            "--config.eval_every_steps=100000", "--config.checkpoint_every_steps=100000",
            f"--config.collective_timeout_s={timeout_s}", f"--coordinator_address=127.0.0.1:{port}",
            f"--num_processes={n}", f"--process_id={pid}"]
-    env = env_for(tmp_path, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = env_for(tmp_path, XLA_FLAGS=xla_flags(2))
     log = open(tmp_path / f"proc{pid}.log", "w")  # noqa: SIM115
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import fake_prepared, free_port, mock_data
+from helpers import fake_prepared, free_port, mock_data, xla_flags
 
 from resnet_v2_jax import checkpoint as ckpt_lib
 from resnet_v2_jax import config as config_lib
@@ -74,7 +74,7 @@ def quickstart_config(data_dir, **overrides):
 def child_env(devices: int = 1) -> dict:
     env = dict(os.environ)
     env.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=xla_flags(devices))
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
@@ -243,9 +243,9 @@ def test_a_second_run_loads_its_steps_from_the_compilation_cache(tmp_path):
     The same runs check config.xla_flags: a CIFAR config's command-buffer flag reaches $XLA_FLAGS
     before JAX starts, and XLA accepts it on a CPU (a flag it rejects aborts the process); a value
     the user set in $XLA_FLAGS for the same flag is kept."""
-    def run(cache, name, xla_flags="--xla_force_host_platform_device_count=1"):
+    def run(cache, name, flags=xla_flags(1)):
         # Store every compile, however quick (the default is those over 1 s): a fast machine too.
-        env = dict(child_env(), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", XLA_FLAGS=xla_flags)
+        env = dict(child_env(), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", XLA_FLAGS=flags)
         p = subprocess.run([sys.executable, "-c", CACHE_SCRIPT, cache, str(tmp_path / name)], cwd=REPO,
                            env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr[-2000:]
@@ -253,13 +253,13 @@ def test_a_second_run_loads_its_steps_from_the_compilation_cache(tmp_path):
 
     cache = tmp_path / "xla"
     first = run(str(cache), "first")  # a helper jit compiled twice in one run may already hit
-    assert first["xla_flags"] == f"--xla_force_host_platform_device_count=1 {config_lib.CIFAR_XLA_FLAGS}"
+    assert first["xla_flags"] == f"{xla_flags(1)} {config_lib.CIFAR_XLA_FLAGS}"
     stored = [f.name for f in cache.iterdir()]
     assert any(n.startswith("jit_train_step") for n in stored) and any(n.startswith("jit_eval_step") for n in stored)
     second = run(str(cache), "second")
     assert second["hits"] >= first["hits"] + 2, (first, second)  # at least the train and eval steps were loaded
     mine = "--xla_gpu_enable_command_buffer=FUSION"
-    third = run("off", "third", xla_flags=mine)  # the user's command buffers, the config's scheduling mode
+    third = run("off", "third", flags=mine)  # the user's command buffers, the config's scheduling mode
     assert third["hits"] == 0 and third["xla_flags"] == config_lib.CIFAR_XLA_FLAGS.replace(config_lib.COMMAND_BUFFERS, mine)
 
 
@@ -490,7 +490,7 @@ def multiprocess_runs(tmp_path_factory, digits_dir):
 
     def launch(workdir, **overrides):
         env = child_env(1)
-        env.pop("XLA_FLAGS")
+        env["XLA_FLAGS"] = xla_flags()  # launch/local.sh adds the device count
         env.update(DEVICES_PER_PROCESS="2", LOG_DIR=str(workdir) + "_logs", PORT=str(free_port()),
                    PYTHON=sys.executable)
         return subprocess.Popen(["bash", os.path.join(REPO, "launch", "local.sh"), "2",
