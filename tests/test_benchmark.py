@@ -965,3 +965,49 @@ def test_bf16_grad_sum_check_models_the_three_ways_to_sum_device_shares(capsys):
     assert four["one_device"]["max"] < 2**-9 and four["explicit"]["max"] < 2**-9
     assert four["sharded"]["all"] > 1.5 * four["explicit"]["all"]
     assert four["bf16_network"] > 2**-9 and four["bf16_images"] > 2**-9
+
+
+RING_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import PartitionSpec as P
+    sys.path.insert(0, "bench")
+    import bf16_allreduce_train as train_check, bf16_grad_sum_check as sum_check
+
+    n = jax.device_count()
+    shares = np.random.default_rng(0).normal(size=(n, 3, 5)).astype(np.float32) * 10.0 ** np.arange(5)
+    mesh = jax.make_mesh((n,), ("d",))
+    ring = jax.jit(jax.shard_map(lambda x: train_check.ring_mean(x[0], "d", n)[None], mesh=mesh,
+                                 in_specs=P("d"), out_specs=P("d"), check_vma=False))
+    got = np.asarray(ring(jax.device_put(shares, jax.sharding.NamedSharding(mesh, P("d")))), np.float64)
+    want = sum_check.paths(shares[[*range(1, n), 0]].astype(np.float64))["sharded"] / n
+    print(json.dumps({"same_on_every_device": bool((got == got[0]).all()), "equal": bool((got[0] == want).all()),
+                      "float32_mean_apart": float(np.abs(got[0] - shares.mean(0)).max())}))
+""")
+
+
+def test_bf16_allreduce_train_sums_a_bfloat16_ring_and_trains_both_ways(tmp_path):
+    """bench/bf16_allreduce_train.py: `ring_mean` on 4 CPU devices gives every device the value of
+    bf16_grad_sum_check's `sharded` model (shares 1, 2, 3, 0, each add rounded to bfloat16) over 4,
+    which is not the float32 mean; a 5-step run of each kind on 4 devices (the quick start's digits,
+    depth 8) trains through main's path, and the bfloat16 ring moves the parameters (the stand-in
+    for the step's pmean took effect) by far less than the run itself does, and further than the
+    float32 ring, whose sums differ from the step's only in their order."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+               "--xla_force_host_platform_device_count=4", PYTHONPATH=str(ROOT))
+    r = subprocess.run([sys.executable, "-c", RING_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ring = json.loads(r.stdout.strip().splitlines()[-1])
+    assert ring["same_on_every_device"] and ring["equal"] and ring["float32_mean_apart"] > 0, ring
+    r = subprocess.run([sys.executable, "bench/bf16_allreduce_train.py", "--devices=4", "--tail=2",
+                        f"--set=data_dir={tmp_path}", *(f"--set={k}={v}" for k, v in (
+                            ("model.depth", 8), ("num_train_steps", 5), ("log_every_steps", 1),
+                            ("eval_every_steps", 5), ("checkpoint_every_steps", 5)))],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    f32, ring_run, control = (json.loads(line) for line in r.stdout.strip().splitlines())
+    assert (f32["sums"], ring_run["sums"], control["sums"]) == ("float32", "bf16_ring", "f32_ring")
+    assert {f32["devices"], ring_run["devices"], control["devices"]} == {4} and f32["steps"] == 5
+    assert 0 < control["params_apart"] < ring_run["params_apart"] < 0.05, (ring_run, control)
