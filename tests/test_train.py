@@ -760,6 +760,42 @@ def test_the_state_is_initialised_to_the_configured_models_own_parameters(scan, 
                                                       jax.tree.leaves(state.batch_stats)))
 
 
+INIT_OPTIONS_SCRIPT = textwrap.dedent("""
+    import functools, importlib.util, json
+    import jax, numpy as np
+    from resnet_v2_jax import config as config_lib, step
+
+    def experiment(name):
+        spec = importlib.util.spec_from_file_location("e", f"experiments/{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config()
+
+    tiny50 = experiment("imagenet_resnet50")
+    tiny50.model.width = 0.125
+    out = {}
+    for name, c, shape in (("quickstart", experiment("quickstart"), (8, 8, 3)), ("resnet50", tiny50, (32, 32, 3))):
+        task, mesh = step.make_task(c, shape), step.make_mesh()
+        ours = step.state_initializer(task, 0, mesh)()  # compiled at step.CPU_INIT_OPTIONS
+        default = jax.jit(functools.partial(step.create_state, task, 0))()  # at XLA's default
+        out[name] = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(default)))
+    print(json.dumps(out))
+""")
+
+
+def test_the_cpu_compiles_the_initialiser_quicker_to_the_same_bits():
+    """step.state_initializer compiles at LLVM -O1 on a CPU (step.CPU_INIT_OPTIONS); the state it
+    makes equals, bit for bit, the one compiled at XLA's default -O2, for the quick start and a
+    narrow ImageNet ResNet-50 (its stem, bottlenecks and classifier). In a process without the
+    tests' own -O1 flag (helpers.TEST_XLA_FLAGS), so that the default is -O2."""
+    env = dict(child_env(1), XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_ENABLE_COMPILATION_CACHE="false")
+    r = subprocess.run([sys.executable, "-c", INIT_OPTIONS_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"quickstart": True, "resnet50": True}
+    assert step_lib.CPU_INIT_OPTIONS == {"xla_backend_optimization_level": 1}
+
+
 @pytest.mark.parametrize("own_sum_min", [1 << 18, 20, 1])
 def test_global_norm_is_optax_tree_norm(monkeypatch, own_sum_min):
     """step.global_norm (the gradient-norm metric and the NaN guard) equals optax.tree.norm on a tree of
