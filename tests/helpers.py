@@ -15,7 +15,7 @@ import numpy as np
 # them to a child's). LLVM at -O1 instead of -O2 on the host: compiling dominates the suite (each
 # test compiles tiny programs and runs them a few steps), and jax.random's threefry is what -O2 is
 # slow on: a depth-8 net's init compiled in 4.5-9 s at -O2 and in 1.0 s at -O1, to the same bits
-# (2026-11-28, this 2-core CPU). The suite went from 795-816 s to 561 s here. Float results may move
+# (2026-11-28, this 2-core CPU). The suite went from 795-816 s to 536-625 s here. Float results may move
 # in the last bits (the quick start's steps do), so tests compare paths within these flags, and
 # the product's own runs keep XLA's default.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
