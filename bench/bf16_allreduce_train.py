@@ -22,17 +22,17 @@ One JSON line per run: the final and best test error, the mean train loss of the
 once). For
 scale, `--seed_baseline` adds a float32 run from seed 1 (the distance two seeds put between runs).
 
-    python bench/bf16_allreduce_train.py [--config=experiments/quickstart.py] [--devices=8,64]
-        [--seed_baseline] [--set=model.depth=8 ...]
+    python bench/bf16_allreduce_train.py [--config=experiments/quickstart.py] [--devices=8,32]
+        [--seed_baseline] [--config.model.depth=8 ...]
 
-Each device count runs in a process of its own (XLA fixes the CPU device count when it starts).
+Each device count runs in a process of its own (XLA fixes the CPU device count when it starts),
+with the same flags.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import importlib.util
+import copy
 import json
 import os
 import subprocess
@@ -90,40 +90,25 @@ def ring_pmean(devices: int, dtype: str):
     return pmean
 
 
-def load_config(path: str, overrides: list[str]):
-    spec = importlib.util.spec_from_file_location("experiment", path)
-    experiment = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(experiment)
-    config = experiment.get_config()
-    for item in overrides:
-        key, value = item.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = type(node[leaf])(value) if not isinstance(node[leaf], bool) else value == "True"
-    return config
-
-
-def run_one(args) -> list[dict]:
-    """This process's runs, on its `args.child` CPU devices."""
+def run_one(devices: int, flag_config, tail: int, seed_baseline: bool) -> None:
+    """This process's runs, on its `devices` CPU devices, of the --config it was given."""
     import jax
 
     from resnet_v2_jax import train
 
-    assert jax.device_count() == args.child, jax.devices()
-    runs = [("float32", 0), ("bf16_ring", 0), ("f32_ring", 0)] + ([("float32", 1)] if args.seed_baseline else [])
-    out, reference = [], None
+    assert jax.device_count() == devices, jax.devices()
+    runs = [("float32", 0), ("bf16_ring", 0), ("f32_ring", 0)] + ([("float32", 1)] if seed_baseline else [])
+    reference = None
     for sums, seed in runs:
-        config = load_config(args.config, args.set)
+        config = copy.deepcopy(flag_config)
         config.model.dtype, config.explicit_data_parallel, config.seed = "bfloat16", True, seed
         config.compilation_cache_dir = "off"
         # every device its share of each test batch; the masks count the padded last one exactly
-        config.eval_batch_size = -(-config.eval_batch_size // args.child) * args.child
+        config.eval_batch_size = -(-config.eval_batch_size // devices) * devices
         with tempfile.TemporaryDirectory() as workdir:
             t = time.time()
             patch = None if sums == "float32" else mock.patch.object(
-                jax.lax, "pmean", ring_pmean(args.child, {"bf16_ring": "bfloat16", "f32_ring": "float32"}[sums]))
+                jax.lax, "pmean", ring_pmean(devices, {"bf16_ring": "bfloat16", "f32_ring": "float32"}[sums]))
             if patch:
                 patch.start()
             try:  # the run's progress lines to stderr: stdout is the JSON lines
@@ -135,23 +120,23 @@ def run_one(args) -> list[dict]:
             records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
             losses = [r["loss"] for r in records if r["split"] == "train"]
             params = _final_params(workdir, results["steps"])
-        line = {"devices": args.child, "sums": sums, "seed": seed, "final_test_error": results["final_test_error"],
+        line = {"devices": devices, "sums": sums, "seed": seed, "final_test_error": results["final_test_error"],
                 "best_test_error": results["best_test_error"], "steps": results["steps"],
                 "eval_batch_size": config.eval_batch_size,
-                "tail_train_loss": float(np.mean(losses[-args.tail:])), "tail": min(args.tail, len(losses)),
+                "tail_train_loss": float(np.mean(losses[-tail:])), "tail": min(tail, len(losses)),
                 "seconds": round(time.time() - t, 1)}
         if reference is None:
             reference = params
         else:
             line["params_apart"] = float(np.linalg.norm(params - reference) / np.linalg.norm(reference))
-        out.append(line | {"experiment": config.experiment, "depth": config.model.depth,
-                           "batch": config.batch_size, "jax": jax.__version__})
-        print(json.dumps(out[-1]), flush=True)
-    return out
+        print(json.dumps(line | {"experiment": config.experiment, "depth": config.model.depth,
+                                 "batch": config.batch_size, "jax": jax.__version__}), flush=True)
 
 
 def _final_params(workdir: str, step: int) -> np.ndarray:
-    """The saved parameters at `step`, one float64 vector."""
+    """The saved parameters at `step`, one float64 vector. Shapes from the checkpoint's metadata: the
+    project's restore path (`Checkpointer.restore_latest`) needs the abstract state, whose stem
+    depends on the dataset's channels, which only the input pipeline knows."""
     import jax
     import orbax.checkpoint as ocp
 
@@ -164,25 +149,19 @@ def _final_params(workdir: str, step: int) -> np.ndarray:
     return np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(state["params"])])
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--config", default=str(ROOT / "experiments" / "quickstart.py"))
-    p.add_argument("--devices", default="8,64")
-    p.add_argument("--set", action="append", default=[], help="config overrides, field=value (tests: a small run)")
-    p.add_argument("--tail", type=int, default=4, help="mean train loss over the last TAIL logged steps")
-    p.add_argument("--seed_baseline", action="store_true")
-    p.add_argument("--child", type=int, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.child:
-        run_one(args)
+def main(argv) -> int:
+    from absl import flags
+
+    f = flags.FLAGS
+    if f.child:
+        run_one(f.child, f.config, f.tail, f.seed_baseline)
         return 0
-    for devices in map(int, args.devices.split(",")):
+    passed = [a for a in sys.argv[1:] if not a.startswith("--devices")]  # --config, its overrides, the rest
+    for devices in map(int, f.devices.split(",")):
         env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=(
             os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}").strip())
-        argv_child = [sys.executable, __file__, f"--config={args.config}", f"--tail={args.tail}",
-                      f"--child={devices}", *(f"--set={s}" for s in args.set),
-                      *(["--seed_baseline"] if args.seed_baseline else [])]
-        r = subprocess.run(argv_child, env=env, stdout=subprocess.PIPE, text=True)
+        r = subprocess.run([sys.executable, __file__, *passed, f"--child={devices}"], env=env, stdout=subprocess.PIPE,
+                           text=True)
         sys.stdout.write(r.stdout)
         if r.returncode:
             print(json.dumps({"devices": devices, "failed": r.returncode}), flush=True)
@@ -191,4 +170,14 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from absl import app, flags
+
+    from resnet_v2_jax import cli
+
+    cli.define_config_flag()
+    flags.FLAGS.set_default("config", str(ROOT / "experiments" / "quickstart.py"))
+    flags.DEFINE_string("devices", "8,32", "CPU device counts, one process each.")
+    flags.DEFINE_integer("tail", 4, "The mean train loss over the last TAIL logged steps.")
+    flags.DEFINE_bool("seed_baseline", False, "Also a float32 run from seed 1, for scale.")
+    flags.DEFINE_integer("child", 0, "(internal) this process's device count: run, do not spawn.")
+    app.run(main)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import xla_flags
 
 from resnet_v2_jax import benchmark, summary
 from resnet_v2_jax import config as config_lib
@@ -446,6 +447,7 @@ def test_kernel_bytes_of_cpu_compiled_programs():
     scan = jax.jit(lambda xs: jax.lax.scan(lambda c, x: (c + x.sum(), jnp.exp(x)), 0.0, xs))
     got = g.kernel_bytes(scan.lower(xs).compile().as_text())["kernel_bytes"]
     assert 10 * 8000 + 40_000 <= got < 4 * 10 * 8000
+
 
 def test_by_op_groups_kernels_by_the_jax_operation_that_made_them():
     """On a CPU-compiled program: each kernel under the named scope of the JAX code that made it, with
@@ -993,15 +995,14 @@ def test_bf16_allreduce_train_sums_a_bfloat16_ring_and_trains_both_ways(tmp_path
     depth 8) trains through main's path, and the bfloat16 ring moves the parameters (the stand-in
     for the step's pmean took effect) by far less than the run itself does, and further than the
     float32 ring, whose sums differ from the step's only in their order."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
-               "--xla_force_host_platform_device_count=4", PYTHONPATH=str(ROOT))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(4), PYTHONPATH=str(ROOT))
     r = subprocess.run([sys.executable, "-c", RING_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     ring = json.loads(r.stdout.strip().splitlines()[-1])
     assert ring["same_on_every_device"] and ring["equal"] and ring["float32_mean_apart"] > 0, ring
     r = subprocess.run([sys.executable, "bench/bf16_allreduce_train.py", "--devices=4", "--tail=2",
-                        f"--set=data_dir={tmp_path}", *(f"--set={k}={v}" for k, v in (
+                        f"--config.data_dir={tmp_path}", *(f"--config.{k}={v}" for k, v in (
                             ("model.depth", 8), ("num_train_steps", 5), ("log_every_steps", 1),
                             ("eval_every_steps", 5), ("checkpoint_every_steps", 5)))],
                        cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True,
