@@ -783,7 +783,7 @@ INIT_OPTIONS_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_the_cpu_compiles_the_initialiser_quicker_to_the_same_bits():
+def test_the_cpu_initialiser_at_o1_makes_the_same_bits_as_at_o2():
     """step.state_initializer compiles at LLVM -O1 on a CPU (step.CPU_INIT_OPTIONS); the state it
     makes equals, bit for bit, the one compiled at XLA's default -O2, for the quick start and a
     narrow ImageNet ResNet-50 (its stem, bottlenecks and classifier). In a process without the
