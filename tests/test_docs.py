@@ -1,8 +1,10 @@
-"""What README.md names exists: its config fields, experiment files, modules, scripts and tests.
+"""What the documents name exists: README's config fields, experiment files, modules, scripts and
+tests; the modules' names in WORKSPACE's code map; the files BENCHMARKS cites.
 
-README is what a user copies from. A field, file or test renamed in the code would otherwise leave
-it naming something that is gone, and the user would find out from an error. Each test reads
-README.md and checks its names against the code, without running anything heavy.
+README is what a user copies from, and WORKSPACE the next engineer's map. A field, function or file
+renamed in the code would otherwise leave them naming something that is gone, found out from an
+error or a search. Each test reads a document and checks its names against the code, without
+running anything heavy.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import pytest
 from resnet_v2_jax import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+
+
+def read(name: str) -> str:
+    return open(os.path.join(REPO, name), encoding="utf-8").read()
+
+
+README = read("README.md")
+PACKAGE = os.path.join(REPO, "resnet_v2_jax")
 
 
 def section(title: str) -> str:
@@ -123,3 +132,34 @@ def test_every_test_the_reliability_table_names_exists():
             if not all(re.search(rf"\b{re.escape(c)}\b", home) for c in case.rstrip("]").split("/")):
                 missing.append(name)
     assert missing == []
+
+
+@pytest.mark.parametrize("document", ["README.md", "WORKSPACE.md", "BENCHMARKS.md"])
+def test_every_module_name_a_document_gives_is_in_that_module(document):
+    """`step.compile_train`, `layers._per_device`, `Checkpointer.restore_latest`' module and the
+    like: a module of the package, then a name it defines (or, for `config`, a config field)."""
+    modules = {f[:-3] for f in os.listdir(PACKAGE) if f.endswith(".py")}
+    refs = sorted({r for r in re.findall(r"`(?:resnet_v2_jax\.)?(\w+)\.(\w+)(?:\.(\w+))?[`(]", read(document))
+                   if r[0] in modules and r[1] not in ("py", "json")})
+    assert len(refs) >= (40 if document != "README.md" else 1), refs
+    default = config_lib.default()
+    missing = []
+    for module_name, name, attribute in refs:
+        module = importlib.import_module(f"resnet_v2_jax.{module_name}")
+        if module_name == "config" and (name in default or name in default.model):
+            continue
+        if not hasattr(module, name) or attribute and not hasattr(getattr(module, name), attribute):
+            missing.append(".".join(filter(None, (module_name, name, attribute))))
+    assert missing == []
+
+
+@pytest.mark.parametrize("document", ["WORKSPACE.md", "BENCHMARKS.md"])
+def test_every_file_a_document_cites_is_in_the_repository(document):
+    """Paths under the repository's folders; placeholders (`X.py`, `gpu_DATE`) and the git-ignored
+    copy of the PyTorch peer are not files of the repository."""
+    paths = set(re.findall(
+        r"\b((?:bench|launch|notebooks|tests|experiments|resnet_v2_jax)/[\w./-]+"
+        r"\.(?:py|sh|sbatch|ipynb|png|jsonl|md|txtpb|txt))", read(document)))
+    placeholders = {p for p in paths if re.search(r"/(X|Y|NAME)\.py$|DATE|gpu_h100\.png|^bench/peer_torch\.py$", p)}
+    assert len(paths - placeholders) >= 30
+    assert sorted(p for p in paths - placeholders if not os.path.exists(os.path.join(REPO, p))) == []
