@@ -165,3 +165,16 @@ def test_every_file_a_document_cites_is_in_the_repository(document):
     placeholders = {p for p in paths if re.search(r"/(X|Y|NAME)\.py$|DATE|gpu_h100\.png|^bench/peer_torch\.py$", p)}
     assert len(paths - placeholders) >= 30
     assert sorted(p for p in paths - placeholders if not os.path.exists(os.path.join(REPO, p))) == []
+
+
+def test_the_choices_readme_lists_are_the_configs():
+    """The Model options bullets for `unit`, `shortcut` and `block` list exactly the valid choices."""
+    bullets = {m.group(1): m.group(2) for m in
+               re.finditer(r"^- `(\w+)`: (.*(?:\n  .*)*)", section("Model options"), re.M)}
+
+    def listed(name):  # the backticked words of a bullet, less its parenthesised sub-fields
+        return tuple(re.findall(r"`(\w+)`", re.sub(r"\([^)]*\)", "", bullets[name].split(";")[0])))
+
+    assert listed("unit") == config_lib.UNITS
+    assert listed("shortcut") == config_lib.SHORTCUTS
+    assert listed("block") == config_lib.BLOCKS
