@@ -611,7 +611,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS, argv: list[str] | 
     flags.DEFINE_integer("steps", 10, "Timed steps (median reported).", flag_values=fv)
     flags.DEFINE_integer("warmup", 2, "Untimed steps after the first call.", flag_values=fv)
     flags.DEFINE_bool("json", False, "Print one JSON object per run instead of text.", flag_values=fv)
-    flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for the dtype; adds peak_fraction.", flag_values=fv)
+    flags.DEFINE_float("peak_tflops", 0.0, "Device peak TFLOP/s for the dtype; adds peak_fraction.", lower_bound=0.0,
+                      flag_values=fv)
     flags.DEFINE_bool("eval", False, "Time the inference step (eval_step) instead of the training step.",
                       flag_values=fv)
     flags.DEFINE_bool("baseline", False, "Time the plain jit Flax ResNet of bench/plain_flax.py instead.",

@@ -26,6 +26,7 @@ so it never changes pyplot's backend, and returns the figure.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,7 +35,7 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from resnet_v2_jax.runs import Run, RunError, load_run, load_runs_or_exit, split_workdirs
+from resnet_v2_jax.runs import Run, RunError, fail, load_run, load_runs_or_exit, split_workdirs
 
 __all__ = ["Run", "RunError", "final_table", "load_run", "plot_runs", "run_labels"]
 
@@ -209,7 +210,13 @@ def _loss_top(runs: Sequence[Run]) -> float:
 def main(argv: Sequence[str]) -> None:
     runs = load_runs_or_exit(split_workdirs([*FLAGS.workdirs, *argv[1:]]))
     print(final_table(runs))
-    plot_runs(runs, FLAGS.out, FLAGS.title, FLAGS.layout, FLAGS.error_ymax, FLAGS.loss_ymax)
+    try:  # `--out figures/curves.png` makes figures/, as a user expects of an output path
+        folder = os.path.dirname(os.path.abspath(FLAGS.out))
+        if not os.path.exists(folder):  # (a file in its place: savefig's error says "Not a directory")
+            os.makedirs(folder)
+        plot_runs(runs, FLAGS.out, FLAGS.title, FLAGS.layout, FLAGS.error_ymax, FLAGS.loss_ymax)
+    except OSError as e:
+        fail(f"cannot write --out {FLAGS.out!r}: {e.strerror or e}")
     print(f"wrote {FLAGS.out}")
 
 

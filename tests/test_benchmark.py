@@ -505,6 +505,7 @@ BAD = [
     ["--config=experiments/cifar10_resnet110.py", "--config.no_such_field=1"],
     ["--config=experiments/cifar10_resnet110.py", "--steps=0"],
     ["--config=experiments/cifar10_resnet110.py", "--distinct_batches=0"],
+    ["--config=experiments/cifar10_resnet110.py", "--peak_tflops=-1"],  # a negative share of the peak
     ["--config=experiments/cifar10_resnet110.py", "--config.xla_flags=gpu_autotune_level=0"],
     ["--config=experiments/cifar10_resnet110.py", "--profile_steps=2", "--compare"],
     ["--config=experiments/cifar10_resnet110.py", "--profile_dir=/tmp/x"],  # saves a profile it does not take

@@ -193,6 +193,20 @@ def test_missing_workdir_exits_2(tmp_path, seeds, module):
     assert not (tmp_path / "x.png").exists()
 
 
+def test_plot_makes_the_out_folder_and_an_unwritable_out_is_one_error_line(tmp_path, seeds):
+    """`--out figures/curves.png` makes figures/; an --out it cannot write (here under a file) is one
+    `error:` line and status 2, where it was matplotlib's traceback after the plotting."""
+    out = tmp_path / "figures" / "sub" / "curves.png"
+    proc = run_cli("plot", "--workdirs", str(seeds[0]), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run_cli("plot", "--workdirs", str(seeds[0]), "--out", str(blocker / "curves.png"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: cannot write --out '{blocker / 'curves.png'}': Not a directory"]
+
+
 def test_plot_needs_metrics(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
