@@ -120,6 +120,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a --data_dir under a file, read-only, or a full disk
+        print(f"error: cannot write the sample in --data_dir {args.data_dir!r}: {e.strerror or e}", file=sys.stderr)
+        return 2
     splits = {k: v.num_examples for k, v in builder.info.splits.items()}
     print(f"imagenet2012 sample prepared in {builder.data_dir}: {splits}")
     return 0

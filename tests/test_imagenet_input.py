@@ -69,6 +69,13 @@ def test_sample_rejects_fewer_images_than_classes(tmp_path):
         sample_imagenet.prepare(str(tmp_path), train=2, val=1, classes=3)
 
 
+def test_a_data_dir_it_cannot_write_is_one_error_line(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    assert sample_imagenet.main(["--data_dir", str(blocker / "sample")]) == 2
+    assert capsys.readouterr().err == f"error: cannot write the sample in --data_dir '{blocker / 'sample'}': Not a directory\n"
+
+
 def test_centre_crop_equals_decoding_the_whole_image_then_cropping(sample_dir):
     """Decoding only the window (decode_and_crop_jpeg) gives the pixels of the whole decode, cropped;
     libjpeg's chroma upsampling at the window's edge may differ by a few levels."""
