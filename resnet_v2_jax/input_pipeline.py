@@ -123,9 +123,14 @@ def _prepared_builder(name: str, data_dir: str | None, process_count: int):
     than a network traceback from a download attempt.
     """
     if name == "digits":
-        builder = digits.Digits(data_dir=data_dir)
-        if not builder.is_prepared():
-            builder.download_and_prepare()  # offline: scikit-learn ships the images
+        try:
+            builder = digits.Digits(data_dir=data_dir)
+            if not builder.is_prepared():
+                builder.download_and_prepare()  # offline: scikit-learn ships the images
+        except OSError as e:  # a data dir under a file, read-only, or a full disk
+            raise ValueError(f"cannot prepare digits in the TFDS data dir {data_dir or '(TFDS default)'} "
+                             f"({type(e).__name__}: {e.strerror or e}); set config.data_dir to a writable "
+                             "directory") from e
         return builder
     builder = tfds.builder(name, data_dir=data_dir)
     if builder.is_prepared():

@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import sys
+import tempfile
 from typing import Any
 
 import flax
@@ -58,6 +60,16 @@ def use_compilation_cache(path: str) -> str | None:
                    or os.environ.get("JAX_COMPILATION_CACHE_DIR"))
         path = already or os.path.join(
             os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "resnet_v2_jax", "xla")
+    if "://" not in path:  # a local folder it cannot write: JAX would warn at every compile
+        try:
+            os.makedirs(path, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path):
+                pass
+        except OSError as e:
+            print(f"warning: the compilation cache {path} is not writable ({type(e).__name__}: "
+                  f"{e.strerror or e}); compiling without it (set config.compilation_cache_dir)",
+                  file=sys.stderr, flush=True)
+            return use_compilation_cache("off")
     jax.config.update("jax_compilation_cache_dir", path)
     return path
 

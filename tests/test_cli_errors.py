@@ -132,3 +132,14 @@ def test_unwritable_workdir_is_refused_at_start(tmp_path):
                            f"--workdir={workdir}"], tmp_path)
     assert_usage_error(r, elapsed, workdir, "not writable", str(workdir), limit_s=30)
     assert blocker.read_text() == "not a directory"
+
+
+def test_a_data_dir_it_cannot_write_is_refused_before_the_workdir(tmp_path):
+    """config.data_dir where the digits cannot be prepared (here under a file): one line, not TFDS's
+    traceback, and the workdir untouched."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    workdir = tmp_path / "work"
+    r, elapsed = run_main([*TINY, f"--config.data_dir={blocker / 'tfds'}", f"--workdir={workdir}"], tmp_path)
+    assert_usage_error(r, elapsed, workdir, f"cannot prepare digits in the TFDS data dir {blocker / 'tfds'} "
+                       "(NotADirectoryError: Not a directory); set config.data_dir")

@@ -263,6 +263,20 @@ def test_a_second_run_loads_its_steps_from_the_compilation_cache(tmp_path):
     assert third["hits"] == 0 and third["xla_flags"] == config_lib.CIFAR_XLA_FLAGS.replace(config_lib.COMMAND_BUFFERS, mine)
 
 
+def test_a_compilation_cache_it_cannot_write_is_one_warning_and_no_cache(tmp_path):
+    """JAX would warn at every compile that it cannot write the cache: one line instead, and none."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    probe = ("import sys, jax; from resnet_v2_jax import step; "
+             "print(step.use_compilation_cache(sys.argv[1]), jax.config.jax_enable_compilation_cache)")
+    p = subprocess.run([sys.executable, "-c", probe, str(blocker / "xla")], cwd=REPO, env=child_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and p.stdout.split() == ["None", "False"], p.stderr[-2000:]
+    assert [line for line in p.stderr.splitlines() if "warning" in line.lower()] == [
+        f"warning: the compilation cache {blocker / 'xla'} is not writable (NotADirectoryError: Not a "
+        "directory); compiling without it (set config.compilation_cache_dir)"]
+
+
 def test_a_flag_older_jaxlibs_do_not_know_is_refused_with_the_version_it_needs(monkeypatch):
     """XLA aborts the process on a flag it does not know: on jaxlib 0.7.0 the CIFAR configs' concurrent
     CUDA graphs would, so validate names the jaxlib they need. setup.cfg's jax floor covers them."""
