@@ -239,6 +239,11 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     step, log_step, rollbacks = start, start, 0
     input_seconds = 0.0  # host seconds waiting for the next batch since the last log
     starved_windows = 0  # log windows in a row whose input wait neared the step time
+    if is_lead and step < total:  # the first step compiles: ResNet-1001's takes ~30 s, say so first
+        device = jax.devices()[0]
+        print(f"{config.experiment}: {config.num_train_steps - step} steps from step {step}, batch "
+              f"{config.batch_size} on {jax.device_count()} x {device.device_kind}; compiling the train "
+              "step ...", flush=True)
     try:
         while step < total:
             t0 = time.perf_counter()
@@ -250,6 +255,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
             state, metrics = train_fn(state, batch, train_images)
             pending.append(metrics)
             step += 1
+            if step == start + 1 and is_lead:  # one wait for the device, once, to say the compile is done
+                jax.block_until_ready(metrics)
+                print(f"compiled; the first step took {time.perf_counter() - t0:.1f} s", flush=True)
             at_log = step % config.log_every_steps == 0 or step == total
             at_eval = step % config.eval_every_steps == 0 or step == total
             at_ckpt = step % config.checkpoint_every_steps == 0 or step == total

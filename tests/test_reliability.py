@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -168,6 +169,11 @@ def test_corrupted_newest_checkpoint_falls_back_with_a_warning(digits_data_dir, 
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"warning: the checkpoint at step {STEPS}" in r.stderr and "falling back" in r.stderr
     assert f"resumed from the checkpoint at step {STEPS - 5}" in r.stdout
+    # Before the first step, which compiles, the run says so; then how long that took.
+    lines = r.stdout.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if line.endswith("compiling the train step ...")]
+    assert lines[at].startswith(f"quickstart: 5 steps from step {STEPS - 5}, batch 16 on 1 x cpu;"), lines[at]
+    assert re.fullmatch(r"compiled; the first step took \d+\.\d s", lines[at + 1]), lines[at + 1]
     assert [p.name.split(".")[0] for p in (workdir / "corrupt_checkpoints").iterdir()] == [str(STEPS)]
     assert final_test(workdir) == final_test(reference)
 
