@@ -8,7 +8,8 @@
 # update-free graphs bitwise, ResNet-1001 without zero-fills, the latency-hiding scheduler;
 # bench/gpu_2026-11-28/levers/ the one in 73f9508.)
 # Plumbing check without a GPU:
-#   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" DEADLINE_S=900 bash bench/gpu_levers.sh
+#   OURS_EXTRA="--config.batch_size=8 --steps=1 --warmup=0" BN_SUMS_ARGS="--batch=2 --reps=2 --shapes=7x64" \
+#     DEADLINE_S=900 bash bench/gpu_levers.sh
 # shellcheck source=bench/gpu_lib.sh
 source "$(dirname "$0")/gpu_lib.sh"
 R50="--config=experiments/imagenet_resnet50.py --config.batch_size=256 --steps=30 --warmup=3"
@@ -45,7 +46,9 @@ ours 60 $R50 "--config.xla_flags=$CIFAR_FLAGS"
 t=$(budget 100)
 if [ "$t" -gt 0 ]; then
   echo "+ bn_sums_check [at ${SECONDS} s]" | tee -a "$OUT/log.txt"
-  timeout "$t" python3 bench/bn_sums_check.py --deadline_s=$((t - 25)) >>"$OUT/bn_sums.jsonl" 2>>"$OUT/log.txt" \
+  # BN_SUMS_ARGS: the plumbing check's small sizes (Pallas's CPU interpreter does not finish batch 256 in 100 s)
+  # shellcheck disable=SC2086  # a list of flags
+  timeout "$t" python3 bench/bn_sums_check.py --deadline_s=$((t - 25)) ${BN_SUMS_ARGS:-} >>"$OUT/bn_sums.jsonl" 2>>"$OUT/log.txt" \
     || echo '{"failed": "bn_sums_check"}' >>"$OUT/bn_sums.jsonl"
 fi
 # 1. torch.compile on ResNet-50 (cut by the deadline at 57 s and on ResNet-110 at 64 s, 2026-11-28).
