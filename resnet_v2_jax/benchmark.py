@@ -568,6 +568,9 @@ def main(argv):
             gc.collect()
         kwargs = dict(steps=fv.steps, warmup=fv.warmup, eval_mode=fv.eval, peak_tflops=fv.peak_tflops,
                       timing=fv.timing, batches=fv.distinct_batches)
+        # The compile is the long silent part (ResNet-1001: ~30 s on an H200): say what is coming.
+        print(f"{fv.config.experiment}: compiling, then {fv.warmup} warm-up and {fv.steps} timed steps"
+              + (" of each step, alternating" if fv.compare else "") + " ...", file=sys.stderr, flush=True)
         try:
             if fv.compare:
                 results = compare(fv.config, **kwargs)

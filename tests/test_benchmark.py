@@ -94,6 +94,10 @@ def test_train_step_json_and_no_tensorflow(tmp_path):
     assert r["distinct_batches"] == 2 and second["distinct_batches"] == 1
     # The --also run: its own flags and overrides, in the same process (the device's peak is the process's).
     assert (second["depth"], second["mode"], second["steps"], second["warmup"]) == (14, "eval", 1, 2)
+    # Each run says on stderr what comes before its compile, the long silent part.
+    said = [line for line in p.stderr.splitlines() if "compiling, then" in line]
+    assert said == [f"{r['experiment']}: compiling, then {r['warmup']} warm-up and {r['steps']} timed steps ...",
+                    "cifar10_resnet110: compiling, then 2 warm-up and 1 timed steps ..."]
     assert second["bn_partial_sums"] is True and r["bn_partial_sums"] is False and r["bn_recompute_mask"] is False
     # The experiment's BN groups of 64 (the paper's two GPUs) are the whole batch of 8; 4 are 4.
     assert (r["bn_group"], second["bn_group"]) == (8, 4)
