@@ -568,10 +568,11 @@ def main(argv):
             gc.collect()
         kwargs = dict(steps=fv.steps, warmup=fv.warmup, eval_mode=fv.eval, peak_tflops=fv.peak_tflops,
                       timing=fv.timing, batches=fv.distinct_batches)
-        # The compile is the long silent part (ResNet-1001: ~30 s on an H200): say what is coming.
-        print(f"{fv.config.experiment}: compiling, then {fv.warmup} warm-up and {fv.steps} timed steps"
-              + (" of each step, alternating" if fv.compare else "") + " ...", file=sys.stderr, flush=True)
         try:
+            prepare(fv.config.copy_and_resolve_references())  # a config it cannot run fails here, not after the line
+            # The compile is the long silent part (ResNet-1001: ~30 s on an H200): say what is coming.
+            print(f"{fv.config.experiment}: compiling, then {fv.warmup} warm-up and {fv.steps} timed steps"
+                  + (" of each step, alternating" if fv.compare else "") + " ...", file=sys.stderr, flush=True)
             if fv.compare:
                 results = compare(fv.config, **kwargs)
             else:
