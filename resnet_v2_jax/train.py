@@ -241,7 +241,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     starved_windows = 0  # log windows in a row whose input wait neared the step time
     if is_lead and step < total:  # the first step compiles: ResNet-1001's takes ~30 s, say so first
         device = jax.devices()[0]
-        print(f"{config.experiment}: {config.num_train_steps - step} steps from step {step}, batch "
+        print(f"{config.experiment}: {total - step} steps from step {step}, batch "
               f"{config.batch_size} on {jax.device_count()} x {device.device_kind}; compiling the train "
               "step ...", flush=True)
     try:

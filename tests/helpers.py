@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import socket
 from unittest import mock
@@ -19,6 +20,19 @@ import numpy as np
 # in the last bits (the quick start's steps do), so tests compare paths within these flags, and
 # the product's own runs keep XLA's default.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_file(relative_path: str, name: str | None = None):
+    """A module of the repository that is not in the package (experiments/X.py, bench/X.py), imported
+    from its path as `name` (by default its file name)."""
+    name = name or os.path.splitext(os.path.basename(relative_path))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def xla_flags(devices: int | None = None) -> str:

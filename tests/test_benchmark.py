@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import xla_flags
+from helpers import load_file, xla_flags
 
 from resnet_v2_jax import benchmark, summary
 from resnet_v2_jax import config as config_lib
@@ -208,13 +208,8 @@ def _instructions(hlo: str) -> list[str]:
 
 def _bench_module(name: str):
     """bench/NAME.py, imported as scripts there run (bench/ on the path)."""
-    import importlib.util
-
     sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(f"bench/{name}.py")
 
 
 def _gpu_launches():
@@ -494,12 +489,7 @@ def test_count_launches_sees_a_scanned_stage_run_once_per_unit():
 
 
 def _load(name):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_file(f"experiments/{name}.py").get_config()
 
 
 BAD = [
@@ -535,11 +525,7 @@ def test_bad_config_is_a_usage_error():
 def test_chart_separates_measured_compile_only_and_failed_lines(tmp_path):
     """bench/chart.py, which turns the GPU call's JSONL into the table and PNG: measured rows are
     labelled by how they were fed, compile-only and failed lines are listed, never drawn."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("chart", ROOT / "bench" / "chart.py")
-    chart = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(chart)
+    chart = load_file("bench/chart.py")
     base = {"impl": "ours", "mode": "train", "model": "in50", "batch": 256, "dtype": "bfloat16", "scan": True,
             "step_ms": 25.0, "images_per_second": 10240.0, "compile_s": 30.0, "peak_bytes_in_use": 2**34,
             "device_kind": "NVIDIA H200"}
@@ -606,15 +592,12 @@ def test_scan_empty_check_allocates_scan_outputs_uninitialised_on_gpu_and_change
     """bench/scan_empty_check.py, the GPU measurement of scan's zero-filled stacked outputs: after its
     patch a scan lowered for CUDA allocates its stacked output (AllocateBuffer) where JAX zero-fills
     it, and on this CPU its benchmark line reports the loss of the unpatched step."""
-    import importlib.util
 
     import jax
     import jax.numpy as jnp
     from jax._src.lax.control_flow import loops
 
-    spec = importlib.util.spec_from_file_location("scan_empty_check", ROOT / "bench" / "scan_empty_check.py")
-    check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(check)
+    check = load_file("bench/scan_empty_check.py")
 
     def cuda_text():  # a new function each time: jit caches lowerings per function
         def f(x):

@@ -10,11 +10,13 @@ running anything heavy.
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import importlib.util
 import os
 import re
 
 import pytest
+from helpers import load_file
 
 from resnet_v2_jax import config as config_lib
 
@@ -95,9 +97,7 @@ def test_every_experiment_the_readme_names_loads_and_validates(path, arg):
     assert os.path.exists(full), path
     if arg is None and path.startswith("table") or arg and arg.split(",")[0].isupper():
         return  # a table file's placeholder (VARIANT; UNIT,DEPTH): the table's example lines run one
-    spec = importlib.util.spec_from_file_location(f"readme_{path[:-3]}", full)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_file(f"experiments/{path}", f"readme_{path[:-3]}")
     config = module.get_config(arg) if arg else module.get_config()
     config_lib.validate(config)
 

@@ -12,13 +12,13 @@ Networks are only evaluated abstractly (summary.analyse), so ResNet-1001 takes s
 from __future__ import annotations
 
 import glob
-import importlib.util
 import json
 import os
 import re
 
 import jax
 import pytest
+from helpers import load_file
 
 from resnet_v2_jax import config as config_lib
 from resnet_v2_jax import summary
@@ -55,10 +55,7 @@ PARAMS = {("cifar", 110, "basic"): (1.73e6, 64), ("cifar", 164, "bottleneck"): (
 
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(f"experiment_{name}", os.path.join(EXPERIMENTS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file(f"experiments/{name}.py", f"experiment_{name}")
 
 
 def all_configs():
